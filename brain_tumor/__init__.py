@@ -1,0 +1,1 @@
+"""Shared logic of the brain-tumor DVC pipeline; the scripts under stages/ are thin wrappers."""

@@ -1,0 +1,79 @@
+"""Training data: each split decoded once into a memory-mapped uint8 array, then served in batches.
+
+The cache lives in data/cache/ (not a DVC output: it is a pure function of its key, like a build cache)
+and is keyed by the split's image hashes and the image size, so a changed split or size never reads
+stale pixels.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .common import progress
+from .images import resize_rgb
+from .ingest import read_csv
+
+CACHE_DIR = Path("data/cache")
+MEAN = STD = (0.5, 0.5, 0.5)  # the seed's Normalize((0.5,)*3, (0.5,)*3)
+
+
+@dataclass
+class SplitImages:
+    images: np.ndarray  # N x H x W x 3 uint8, memory-mapped
+    labels: np.ndarray  # N int64
+    ids: list[str]
+    key: str  # identifies the pixels: same key, same array
+
+
+def _decode_resized(args: tuple[Path, int]) -> np.ndarray:
+    from PIL import Image
+
+    path, size = args
+    with Image.open(path) as img:
+        return resize_rgb(np.asarray(img.convert("RGB")), size)
+
+
+def load_split(split_dir: Path, split: str, image_size: int, cache_dir: Path = CACHE_DIR) -> SplitImages:
+    rows = [r for r in read_csv(split_dir / "split_manifest.csv") if r["split"] == split]
+    digest = hashlib.sha256(f"v1 {split} {image_size}".encode())
+    for r in rows:
+        digest.update(r["sha256"].encode())
+    key = digest.hexdigest()[:24]
+    path = cache_dir / f"{split}-{image_size}px-{key}.npy"
+    if not path.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), image_size, image_size, 3))
+        jobs = [(split_dir / r["file"], image_size) for r in rows]
+        with Pool(min(len(jobs), os.cpu_count() or 1) or 1) as pool:
+            decoded = pool.imap(_decode_resized, jobs, chunksize=32)
+            for i, rgb in enumerate(progress(decoded, f"decode {split}", len(jobs), "img")):
+                array[i] = rgb
+        array.flush()
+        del array
+        os.replace(tmp, path)
+    images = np.load(path, mmap_mode="r")
+    labels = np.array([int(r["label"]) for r in rows], dtype=np.int64)
+    return SplitImages(images, labels, [r["id"] for r in rows], key)
+
+
+def to_input(batch: np.ndarray, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 NHWC -> normalised float NCHW on `device` (normalising after the copy keeps transfers small)."""
+    x = torch.from_numpy(np.require(batch, requirements=["C", "W"]))
+    if device.type == "cuda":
+        x = x.pin_memory().to(device, non_blocking=True)
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    x = (x - torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)) / torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator | None) -> list[np.ndarray]:
+    """Index batches over n items: a fresh permutation per call when `generator` is given, else in order."""
+    order = torch.randperm(n, generator=generator).numpy() if generator is not None else np.arange(n)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]

@@ -1,0 +1,415 @@
+"""Ingest: any supported dataset layout in, a canonical dataset out (each image once, RGB PNG),
+with every input file accounted for: accepted, an exact duplicate of an accepted image, or rejected
+with a reason.
+
+Layouts: the Kaggle "Brain Tumor" layout (a CSV with `Image` and `Class` at the root or one level down,
+images anywhere below it) and class-folder trees of any depth whose folder names map to a class through
+`data.labels`. Either as a folder or a `.zip`.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from multiprocessing import Pool
+from pathlib import Path, PurePosixPath
+from typing import Iterable
+
+import numpy as np
+
+from .common import CLASSES, PipelineError, atomic_dir, progress, write_json
+from .images import IMAGE_SUFFIXES, RejectedFile, load_rgb, perceptual_hash, pixel_sha256, save_png
+
+SYSTEM_FILES = ("__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini")
+
+
+@dataclass
+class Item:
+    """One input file (or a CSV row naming a file that is not there)."""
+
+    source: str  # path relative to the dataset root, '/'-separated
+    label: int | None = None
+    reason: str | None = None  # set when the item is rejected before decoding
+    detail: str = ""
+
+
+@dataclass
+class Decoded:
+    source: str
+    label: int | None
+    reason: str | None = None
+    detail: str = ""
+    sha256: str = ""
+    phash: int = 0
+    width: int = 0
+    height: int = 0
+
+
+@dataclass
+class IngestResult:
+    items: list[Decoded]
+    status: dict[str, str] = field(default_factory=dict)  # source -> accepted | duplicate | rejected
+    group_of_sha: dict[str, int] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- opening a dataset (folder or zip)
+
+
+def safe_extract(archive: Path, target: Path, max_bytes: int) -> list[Item]:
+    """Extract `archive` into `target`; entries that would escape it are refused and returned as rejects.
+
+    The whole archive is refused when its uncompressed size exceeds `max_bytes` (declared or actual).
+    """
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise PipelineError(f"{archive}: not a readable zip archive ({err})") from None
+    refused: list[Item] = []
+    with zf:
+        members = [m for m in zf.infolist() if not m.is_dir()]
+        declared = sum(m.file_size for m in members)
+        if declared > max_bytes:
+            raise PipelineError(
+                f"{archive}: uncompressed size {declared / 2**20:.0f} MiB exceeds data.max_archive_mb "
+                f"({max_bytes / 2**20:.0f} MiB); refusing to extract"
+            )
+        written = 0
+        root = target.resolve()
+        for member in members:
+            name = member.filename
+            is_symlink = (member.external_attr >> 16) & 0o170000 == 0o120000
+            dest = (target / name).resolve()
+            if is_symlink or PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts or not dest.is_relative_to(root):
+                refused.append(Item(name, reason="unsafe_zip_entry", detail="symlink" if is_symlink else "path escapes the archive root"))
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(member) as src, open(dest, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    written += len(chunk)
+                    if written > max_bytes:  # sizes in the header can lie
+                        raise PipelineError(
+                            f"{archive}: uncompressed data exceeds data.max_archive_mb "
+                            f"({max_bytes / 2**20:.0f} MiB); refusing to extract"
+                        )
+                    out.write(chunk)
+    return refused
+
+
+# ---------------------------------------------------------------- finding the files and their labels
+
+
+def _is_system_file(rel: PurePosixPath) -> bool:
+    return any(part in SYSTEM_FILES or part.startswith("._") for part in rel.parts)
+
+
+def list_files(root: Path) -> list[PurePosixPath]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            files.append(PurePosixPath(Path(dirpath, name).relative_to(root).as_posix()))
+    return files
+
+
+def _read_csv_header(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        return [c.strip() for c in next(csv.reader(f), [])]
+
+
+def find_label_csv(root: Path, files: list[PurePosixPath]) -> PurePosixPath | None:
+    """The Kaggle label table: a CSV at the root or one level down with `Image` and `Class` columns."""
+    candidates = [f for f in files if f.suffix.lower() == ".csv" and len(f.parts) <= 2 and not _is_system_file(f)]
+    with_image = [f for f in candidates if "Image" in _read_csv_header(root / f)]
+    with_class = [f for f in with_image if "Class" in _read_csv_header(root / f)]
+    if with_class:
+        return with_class[0]
+    if with_image:
+        raise PipelineError(f"{root / with_image[0]}: has an 'Image' column but no 'Class' column")
+    return None
+
+
+def kaggle_items(root: Path, files: list[PurePosixPath], table: PurePosixPath) -> list[Item]:
+    """Match CSV rows (Image name with or without extension) to image files found anywhere below root."""
+    tables = {f for f in files if f.suffix.lower() == ".csv" and len(f.parts) <= 2}
+    by_name: dict[str, PurePosixPath] = {}
+    for f in files:
+        if f not in tables and not _is_system_file(f):
+            by_name.setdefault(f.name.lower(), f)
+            by_name.setdefault(f.stem.lower(), f)
+    items: list[Item] = []
+    listed: set[PurePosixPath] = set()
+    with open(root / table, newline="", encoding="utf-8-sig") as f:
+        for row in csv.DictReader(f):
+            name, raw_label = (row.get("Image") or "").strip(), (row.get("Class") or "").strip()
+            path = by_name.get(name.lower())
+            if path is None:
+                items.append(Item(f"{table}:{name}", reason="missing_file", detail="listed in the CSV, no such image"))
+                continue
+            listed.add(path)
+            if raw_label not in ("0", "1"):
+                items.append(Item(path.as_posix(), reason="bad_label", detail=f"Class {raw_label!r} is not 0 or 1"))
+            else:
+                items.append(Item(path.as_posix(), label=int(raw_label)))
+    for f in files:
+        if f not in listed and f not in tables and not _is_system_file(f):
+            items.append(Item(f.as_posix(), reason="not_in_csv", detail=f"not listed in {table}"))
+    return items
+
+
+def folder_items(root: Path, files: list[PurePosixPath], labels: dict[str, str]) -> list[Item]:
+    """Label each file by its nearest ancestor folder named in `labels` (case-insensitive)."""
+    mapping = {str(k).lower(): _class_index(v) for k, v in labels.items()}
+    items = []
+    for f in files:
+        if _is_system_file(f):
+            continue
+        label = next((mapping[p.lower()] for p in reversed(f.parts[:-1]) if p.lower() in mapping), None)
+        if label is None:
+            items.append(Item(f.as_posix(), reason="no_label_for_folder", detail=f"folder {f.parent.as_posix()!r}"))
+        else:
+            items.append(Item(f.as_posix(), label=label))
+    if all(item.label is None for item in items):
+        folders = sorted({p for f in files for p in f.parts[:-1]})[:10]
+        raise PipelineError(
+            f"{root}: no folder name maps to a class through data.labels (folders seen: {', '.join(folders) or 'none'})"
+        )
+    return items
+
+
+def _class_index(name: str) -> int:
+    if name not in CLASSES:
+        raise PipelineError(f"data.labels: {name!r} is not a class; use one of {', '.join(CLASSES)}")
+    return CLASSES.index(name)
+
+
+def list_items(root: Path, labels: dict[str, str]) -> tuple[list[Item], int]:
+    """All input items under root with labels, and the number of system files (e.g. __MACOSX) skipped."""
+    files = list_files(root)
+    system = sum(_is_system_file(f) for f in files)
+    if len(files) == system:
+        raise PipelineError(f"{root}: no files found")
+    table = find_label_csv(root, files)
+    items = kaggle_items(root, files, table) if table else folder_items(root, files, labels)
+    return items, system
+
+
+# ---------------------------------------------------------------- decoding, in parallel and streaming
+
+
+def _decode(args: tuple[Path, Item, Path, int]) -> Decoded:
+    root, item, image_dir, max_pixels = args
+    out = Decoded(item.source, item.label, item.reason, item.detail)
+    if item.reason:
+        return out
+    path = root / item.source
+    try:
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise RejectedFile("not_an_image", f"suffix {path.suffix or '(none)'!r}")
+        rgb = load_rgb(path, max_pixels)
+    except RejectedFile as err:
+        out.reason, out.detail = err.reason, err.detail
+        return out
+    out.sha256, out.phash = pixel_sha256(rgb), perceptual_hash(rgb)
+    out.height, out.width = rgb.shape[:2]
+    png = image_dir / f"{out.sha256[:20]}.png"
+    if not png.exists():  # exact duplicates decode to the same file name: write it once
+        tmp = png.with_name(f".{png.name}.{os.getpid()}")
+        save_png(rgb, tmp)
+        os.replace(tmp, png)
+    return out
+
+
+def decode_all(root: Path, items: list[Item], image_dir: Path, max_pixels: int, processes: int) -> list[Decoded]:
+    """Decode every item with `processes` workers; only small records come back, never pixels."""
+    jobs = [(root, item, image_dir, max_pixels) for item in items]
+    if processes <= 1:
+        return [_decode(job) for job in progress(jobs, "ingest", unit="file")]
+    with Pool(processes) as pool:
+        return list(progress(pool.imap(_decode, jobs, chunksize=16), "ingest", len(jobs), "file"))
+
+
+# ---------------------------------------------------------------- duplicates
+
+
+def near_duplicate_groups(hashes: np.ndarray, max_distance: int) -> np.ndarray:
+    """Union-find over pairs whose 64-bit perceptual hashes differ in at most `max_distance` bits.
+
+    Returns a group index per hash (the smallest member index). Pairs are compared one row against all
+    later rows, so memory stays O(n).
+    """
+    n = len(hashes)
+    parent = np.arange(n)
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    if max_distance >= 0:
+        for i in range(n - 1):
+            close = np.flatnonzero(np.bitwise_count(hashes[i + 1 :] ^ hashes[i]) <= max_distance) + i + 1
+            for j in close:
+                a, b = find(i), find(int(j))
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+    return np.array([find(i) for i in range(n)])
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def ingest(
+    root: Path,
+    out_dir: Path,
+    *,
+    labels: dict[str, str],
+    near_duplicate_distance: int,
+    max_reject_fraction: float,
+    max_pixels: int,
+    processes: int,
+    pre_rejected: Iterable[Item] = (),
+    source_name: str | None = None,
+) -> dict:
+    """Read the dataset at `root` into `out_dir` (images/, manifest.csv, files.csv); return the report.
+
+    Nothing is written to `out_dir` unless the run succeeds.
+    """
+    items, system_files = list_items(root, labels)
+    items = list(pre_rejected) + items
+    with atomic_dir(out_dir) as tmp:
+        image_dir = tmp / "images"
+        image_dir.mkdir()
+        decoded = decode_all(root, items, image_dir, max_pixels, processes)
+
+        # exact duplicates: one canonical image per pixel hash, first source (sorted) wins
+        good = sorted((d for d in decoded if not d.reason), key=lambda d: d.source)
+        first_of_sha: dict[str, Decoded] = {}
+        for d in good:
+            first_of_sha.setdefault(d.sha256, d)
+        unique = list(first_of_sha.values())
+        groups = near_duplicate_groups(np.array([d.phash for d in unique], dtype=np.uint64), near_duplicate_distance)
+        group_of_sha = {d.sha256: int(g) for d, g in zip(unique, groups)}
+
+        labels_of_group: dict[int, set[int]] = {}
+        for d in good:
+            labels_of_group.setdefault(group_of_sha[d.sha256], set()).add(d.label)
+        conflicts = {g for g, s in labels_of_group.items() if len(s) > 1}
+        for d in good:
+            if group_of_sha[d.sha256] in conflicts:
+                d.reason, d.detail = "label_conflict", "duplicate images with different labels"
+
+        manifest, files_rows = [], []
+        for d in sorted(decoded, key=lambda d: d.source):
+            if d.reason:
+                status = "rejected"
+            elif first_of_sha[d.sha256] is d:
+                status = "accepted"
+            else:
+                status = "duplicate"
+            image_id = d.sha256[:20] if d.sha256 else ""
+            files_rows.append({"source": d.source, "status": status, "reason": d.reason or "", "detail": d.detail, "id": image_id})
+            if status == "accepted":
+                manifest.append({
+                    "id": image_id, "file": f"images/{image_id}.png", "label": d.label, "class": CLASSES[d.label],
+                    "group": f"g{group_of_sha[d.sha256]:06d}", "width": d.width, "height": d.height,
+                    "sha256": d.sha256, "phash": f"{d.phash:016x}", "source": d.source,
+                })
+        for sha in {d.sha256 for d in good if d.reason == "label_conflict"}:
+            (image_dir / f"{sha[:20]}.png").unlink(missing_ok=True)
+
+        report = _report(files_rows, manifest, len(conflicts), system_files, source_name or str(root))
+        if not manifest:
+            raise PipelineError(f"{source_name or root}: no usable image ({_reasons_text(report)})")
+        if report["rejected_fraction"] > max_reject_fraction:
+            raise PipelineError(
+                f"{source_name or root}: {report['rejected']} of {report['files_seen']} files rejected "
+                f"({report['rejected_fraction']:.1%} > data.max_reject_fraction {max_reject_fraction:.1%}): {_reasons_text(report)}"
+            )
+        write_csv(tmp / "manifest.csv", manifest)
+        write_csv(tmp / "files.csv", files_rows)
+        write_json(tmp / "report.json", report)
+    return report
+
+
+def _reasons_text(report: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in report["rejected_by_reason"].items()) or "no files"
+
+
+def _report(files_rows: list[dict], manifest: list[dict], conflict_groups: int, system_files: int, source: str) -> dict:
+    status = Counter(r["status"] for r in files_rows)
+    reasons = Counter(r["reason"] for r in files_rows if r["status"] == "rejected")
+    copies = Counter(r["id"] for r in files_rows if r["status"] == "duplicate")
+    files_per_group = Counter()
+    for m in manifest:
+        files_per_group[m["group"]] += 1 + copies[m["id"]]
+    seen = len(files_rows)
+    return {
+        "source": source,
+        "files_seen": seen,
+        "accepted": status["accepted"],
+        "duplicates": status["duplicate"],
+        "rejected": status["rejected"],
+        "rejected_fraction": round(status["rejected"] / seen, 6) if seen else 0.0,
+        "rejected_by_reason": dict(sorted(reasons.items())),
+        "system_files_skipped": system_files,
+        "duplicate_groups": sum(1 for n in files_per_group.values() if n > 1),
+        "files_in_duplicate_groups": sum(n for n in files_per_group.values() if n > 1),
+        "largest_duplicate_group": max(files_per_group.values(), default=0),
+        "label_conflict_groups": conflict_groups,
+        "per_class": {c: sum(1 for m in manifest if m["class"] == c) for c in CLASSES},
+    }
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["id"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def open_source(source: str, raw_dir: Path, workdir: Path, max_bytes: int) -> tuple[Path, list[Item]]:
+    """Resolve `data.source` (a folder or .zip under `raw_dir`) to a folder to read, plus refused zip entries."""
+    path = Path(source)
+    if not path.exists():
+        raise PipelineError(f"data.source: {source!r} does not exist")
+    if not path.resolve().is_relative_to(raw_dir.resolve()):
+        raise PipelineError(f"data.source: {source!r} is not under {raw_dir}/ (or 'synthetic')")
+    if path.is_dir():
+        return path, []
+    if path.suffix.lower() == ".zip":
+        target = workdir / "extracted"
+        target.mkdir()
+        return target, safe_extract(path, target, max_bytes)
+    raise PipelineError(f"data.source: {source!r} is neither a folder nor a .zip archive")
+
+
+def run(params: dict, raw_dir: Path, out_dir: Path, report_path: Path) -> dict:
+    """The ingest stage: params -> canonical dataset in `out_dir` and the data report at `report_path`."""
+    data = params["data"]
+    with tempfile.TemporaryDirectory(prefix="ingest-") as work:
+        work = Path(work)
+        source = str(data["source"])
+        if source == "synthetic":
+            from .synthetic import write_kaggle_layout
+
+            syn = data["synthetic"]
+            write_kaggle_layout(work, syn["n_images"], syn["image_size"], syn["tumor_fraction"], params["seed"])
+            root, refused = work, []
+        else:
+            root, refused = open_source(source, raw_dir, work, int(data["max_archive_mb"]) * 2**20)
+        report = ingest(
+            root, out_dir, labels=data["labels"], near_duplicate_distance=int(data["near_duplicate_distance"]),
+            max_reject_fraction=float(data["max_reject_fraction"]), max_pixels=int(data["max_image_pixels"]),
+            processes=os.cpu_count() or 1, pre_rejected=refused, source_name=source,
+        )
+    write_json(report_path, report)
+    return report

