@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import random
@@ -85,3 +86,18 @@ def progress(iterable, desc: str, total: int | None = None, unit: str = "it"):
     from tqdm import tqdm
 
     return tqdm(iterable, desc=desc, total=total, unit=unit, disable=None, dynamic_ncols=True)
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["id"])
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def read_csv(path: str | Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

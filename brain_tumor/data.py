@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import progress
+from .common import progress, read_csv
 from .images import resize_rgb
-from .ingest import read_csv
 
 CACHE_DIR = Path("data/cache")
 MEAN = STD = (0.5, 0.5, 0.5)  # the seed's Normalize((0.5,)*3, (0.5,)*3)

@@ -20,7 +20,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .common import CLASSES, PipelineError, atomic_dir, progress, write_json
+from .common import CLASSES, PipelineError, atomic_dir, progress, write_csv, write_json
 from .images import IMAGE_SUFFIXES, RejectedFile, load_rgb, perceptual_hash, pixel_sha256, save_png
 
 SYSTEM_FILES = ("__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini")
@@ -362,18 +362,6 @@ def _report(files_rows: list[dict], manifest: list[dict], conflict_groups: int, 
         "label_conflict_groups": conflict_groups,
         "per_class": {c: sum(1 for m in manifest if m["class"] == c) for c in CLASSES},
     }
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["id"])
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def open_source(source: str, raw_dir: Path, workdir: Path, max_bytes: int) -> tuple[Path, list[Item]]:

@@ -1,14 +1,14 @@
 """Split: a stratified, seeded train/val/test split that keeps every duplicate group in one split."""
 from __future__ import annotations
 
+import json
 import shutil
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from .common import CLASSES, PipelineError, atomic_dir, write_json
-from .ingest import read_csv, write_csv
+from .common import CLASSES, PipelineError, atomic_dir, read_csv, write_csv, write_json
 
 SPLITS = ("train", "val", "test")
 
@@ -48,7 +48,7 @@ def check_fractions(split_params: dict) -> dict[str, float]:
     return fractions
 
 
-def run(params: dict, dataset_dir: Path, out_dir: Path, report_path: Path) -> dict:
+def run(params: dict, dataset_dir: Path, out_dir: Path, report_path: Path, people_dir: Path) -> dict:
     """The split stage: data/dataset -> out_dir/{train,val,test}/{class}/<id>.png + split_manifest.csv."""
     fractions = check_fractions(params["split"])
     manifest = read_csv(dataset_dir / "manifest.csv")
@@ -72,6 +72,7 @@ def run(params: dict, dataset_dir: Path, out_dir: Path, report_path: Path) -> di
 
     report = split_report(rows, fractions)
     write_json(report_path, report)
+    write_people_report(json.loads((dataset_dir / "report.json").read_text()), report, rows, out_dir, people_dir, params["seed"])
     return report
 
 
@@ -87,3 +88,48 @@ def split_report(rows: list[dict], fractions: dict[str, float]) -> dict:
         "groups_in_several_splits": sum(1 for k in groups_per.values() if k > 1),
         "target": fractions,
     }
+
+
+def write_people_report(ingest: dict, split: dict, rows: list[dict], split_dir: Path, out_dir: Path, seed: int) -> None:
+    """reports/data: data_report.md, class_balance.png and samples.png, for a person to read."""
+    from .figures import class_balance_figure, samples_figure
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    class_balance_figure({s: split[s] for s in SPLITS}, out_dir / "class_balance.png")
+    rng = np.random.default_rng(seed)
+    samples = {}
+    for name in CLASSES:
+        files = [split_dir / r["file"] for r in rows if r["class"] == name]
+        samples[name] = [files[i] for i in sorted(rng.choice(len(files), min(6, len(files)), replace=False))]
+    samples_figure(samples, out_dir / "samples.png")
+    reasons = "".join(f"| {k} | {v} |\n" for k, v in ingest["rejected_by_reason"].items()) or "| (none) | 0 |\n"
+    table = "".join(
+        f"| {s} | {split[s]['non_tumor']} | {split[s]['tumor']} | {split[s]['fraction']:.1%} |\n" for s in SPLITS
+    )
+    (out_dir / "data_report.md").write_text(f"""# Data report
+
+Source: `{ingest['source']}`
+
+| files seen | accepted | exact duplicates (copies dropped) | rejected |
+|---|---|---|---|
+| {ingest['files_seen']} | {ingest['accepted']} | {ingest['duplicates']} | {ingest['rejected']} ({ingest['rejected_fraction']:.1%}) |
+
+Every input file is one of: accepted (one canonical RGB image), an exact duplicate of an accepted image
+(same decoded pixels; the copy is dropped), or rejected for the reason below. `data/dataset/files.csv`
+lists each file with its status and reason.
+
+| rejected because | files |
+|---|---|
+{reasons}
+Duplicate groups (exact and near duplicates, by perceptual hash): {ingest['duplicate_groups']} groups holding
+{ingest['files_in_duplicate_groups']} files, the largest {ingest['largest_duplicate_group']} files.
+Groups whose members disagree on the label: {ingest['label_conflict_groups']} (set aside as `label_conflict`).
+Each group stays in one split: groups found in several splits = {split['groups_in_several_splits']}.
+
+| split | non_tumor | tumor | share |
+|---|---|---|---|
+{table}
+![class balance](class_balance.png)
+
+![samples](samples.png)
+""")

@@ -52,13 +52,13 @@ def brain_slice(rng: np.random.Generator, size: int, tumor: bool) -> np.ndarray:
     for _ in range(rng.integers(0, 4)):  # normal bright structures (vessels, calcifications): distractors
         r, t = rng.uniform(0.1, 0.75), rng.uniform(0, 2 * np.pi)
         sy, sx = cy + r * ry * np.sin(t), cx + r * rx * np.cos(t)
-        image += rng.uniform(0.1, 0.3) * _blob(rng, yy, xx, sy, sx, size * rng.uniform(0.008, 0.02)) * brain
+        image += rng.uniform(0.1, 0.25) * _blob(rng, yy, xx, sy, sx, size * rng.uniform(0.008, 0.018)) * brain
 
     if tumor:
         r, t = np.sqrt(rng.uniform(0.0, 0.6)), rng.uniform(0, 2 * np.pi)
         ty, tx = cy + r * ry * np.sin(t), cx + r * rx * np.cos(t)
-        radius = size * rng.uniform(0.025, 0.12)
-        contrast = rng.choice([-1.0, 1.0], p=[0.3, 0.7]) * rng.uniform(0.06, 0.35)
+        radius = size * rng.uniform(0.05, 0.14)
+        contrast = rng.choice([-1.0, 1.0], p=[0.15, 0.85]) * rng.uniform(0.2, 0.5)
         lesion = _blob(rng, yy, xx, ty, tx, radius) * brain
         rim = np.clip(_blob(rng, yy, xx, ty, tx, radius * 1.3) - lesion, 0, 1) * brain
         image += contrast * lesion + 0.5 * abs(contrast) * rim * rng.uniform(0, 1)

@@ -1,4 +1,4 @@
-"""Stage split: data/dataset -> data/split/{train,val,test}/{non_tumor,tumor}/ + split_manifest.csv."""
+"""Stage split: data/dataset -> data/split/{train,val,test}/{non_tumor,tumor}/ + split_manifest.csv, metrics/split.json, reports/data/."""
 import sys
 from pathlib import Path
 
@@ -9,7 +9,7 @@ from brain_tumor.common import load_params, run_stage  # noqa: E402
 
 
 def main() -> None:
-    report = split.run(load_params(), Path("data/dataset"), Path("data/split"), Path("metrics/split.json"))
+    report = split.run(load_params(), Path("data/dataset"), Path("data/split"), Path("metrics/split.json"), Path("reports/data"))
     print("split: " + ", ".join(f"{s} {sum(report[s][c] for c in ('non_tumor', 'tumor'))}" for s in split.SPLITS))
 
 

@@ -1,0 +1,102 @@
+"""Evaluate: both best models, once, on the test split, in eval mode; metrics with bootstrap 95% CIs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .common import CLASSES, PipelineError, progress, write_csv, write_json
+from .data import batch_indices, load_split, to_input
+from .train import load_trained
+
+METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
+
+
+def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
+    """Mann-Whitney U form of the ROC AUC (ties count half); nan when one class is absent."""
+    pos, neg = score[y == 1], score[y == 0]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    ranks[order] = np.arange(1, len(order) + 1)
+    all_scores = np.concatenate([pos, neg])[order]
+    # average ranks over ties
+    _, first, counts = np.unique(all_scores, return_index=True, return_counts=True)
+    for start, count in zip(first, counts):
+        if count > 1:
+            ranks[order[start : start + count]] = ranks[order[start : start + count]].mean()
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def binary_metrics(y: np.ndarray, pred: np.ndarray, score: np.ndarray) -> dict[str, float]:
+    """Tumor (1) is the positive class. A ratio with a zero denominator is reported as 0."""
+    tp = int(((pred == 1) & (y == 1)).sum())
+    tn = int(((pred == 0) & (y == 0)).sum())
+    fp = int(((pred == 1) & (y == 0)).sum())
+    fn = int(((pred == 0) & (y == 1)).sum())
+
+    def ratio(a: int, b: int) -> float:
+        return a / b if b else 0.0
+
+    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    return {
+        "accuracy": ratio(tp + tn, len(y)),
+        "precision": precision,
+        "recall": recall,
+        "specificity": ratio(tn, tn + fp),
+        "f1": ratio(2 * precision * recall, precision + recall) if precision + recall else 0.0,
+        "roc_auc": roc_auc(y, score),
+    }
+
+
+def bootstrap_ci(y: np.ndarray, pred: np.ndarray, score: np.ndarray, samples: int, seed: int) -> dict[str, list[float]]:
+    """Percentile 95% intervals from resampling the test set with replacement."""
+    rng = np.random.default_rng(seed)
+    draws = {m: [] for m in METRICS}
+    for _ in range(samples):
+        i = rng.integers(0, len(y), len(y))
+        for m, v in binary_metrics(y[i], pred[i], score[i]).items():
+            draws[m].append(v)
+    return {m: [round(float(np.nanpercentile(v, 2.5)), 4), round(float(np.nanpercentile(v, 97.5)), 4)] for m, v in draws.items()}
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """P(tumor) for each image, model in eval mode."""
+    model.eval()
+    out = []
+    for idx in progress(batch_indices(len(images), batch_size, None), "predict", unit="batch"):
+        out.append(torch.softmax(model(to_input(images[idx], torch.device("cpu"), False)), 1)[:, 1].numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def run(params: dict, split_dir: Path, model_paths: dict[str, Path], metrics_dir: Path, figures_dir: Path) -> dict:
+    cfg = params["evaluate"]
+    results, ci, predictions, test = {}, {}, {}, None
+    for name, path in model_paths.items():
+        model, meta = load_trained(path)
+        test = load_split(split_dir, "test", meta["image_size"])
+        if not len(test.labels):
+            raise PipelineError(f"{split_dir}: the test split holds no images")
+        score = predict(model, test.images, cfg["batch_size"])
+        pred = (score >= 0.5).astype(np.int64)
+        y = test.labels
+        results[name] = {m: round(v, 4) for m, v in binary_metrics(y, pred, score).items()} | {"test_images": len(y)}
+        ci[name] = bootstrap_ci(y, pred, score, cfg["bootstrap_samples"], params["seed"])
+        predictions[name] = (y, pred, score, test)
+        write_csv(metrics_dir / "predictions" / f"{name}.csv", [
+            {"id": i, "actual": CLASSES[a], "predicted": CLASSES[p], "p_tumor": round(float(s), 6)}
+            for i, a, p, s in zip(test.ids, y, pred, score)
+        ])
+    write_json(metrics_dir / "test.json", results)
+    write_json(metrics_dir / "test_ci95.json", ci)
+    from .figures import confusion_figure, prediction_grid, roc_figure
+
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    for name, (y, pred, score, _) in predictions.items():
+        confusion_figure(y, pred, f"{name}: test confusion matrix", figures_dir / f"confusion_{name}.png")
+    roc_figure({n: (p[0], p[2]) for n, p in predictions.items()}, figures_dir / "roc.png")
+    prediction_grid(predictions, cfg["grid_images"], params["seed"], figures_dir / "test_predictions.png")
+    return results
