@@ -64,11 +64,12 @@ def bootstrap_ci(y: np.ndarray, pred: np.ndarray, score: np.ndarray, samples: in
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """P(tumor) for each image, model in eval mode."""
-    model.eval()
+    """P(tumor) for each image, model in eval mode, on the GPU when there is one."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.eval().to(device=device, memory_format=torch.channels_last)
     out = []
     for idx in progress(batch_indices(len(images), batch_size, None), "predict", unit="batch"):
-        out.append(torch.softmax(model(to_input(images[idx], torch.device("cpu"), False)), 1)[:, 1].numpy())
+        out.append(torch.softmax(model(to_input(images[idx], device)).float(), 1)[:, 1].cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 

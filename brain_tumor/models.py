@@ -65,13 +65,14 @@ class TransferNet(nn.Module):
         n_blocks = len(self.backbone)
         if not 0 <= unfreeze_last <= n_blocks:
             raise PipelineError(f"train_transfer.unfreeze_last: {unfreeze_last} is not between 0 and {n_blocks}")
-        self.frozen = self.backbone[: n_blocks - unfreeze_last]
-        for p in self.frozen.parameters():
+        self.n_frozen = n_blocks - unfreeze_last  # a count, not a submodule: keeps the state_dict free of aliases
+        for p in self.backbone[: self.n_frozen].parameters():
             p.requires_grad_(False)
 
     def train(self, mode: bool = True) -> "TransferNet":
         super().train(mode)
-        self.frozen.eval()
+        for block in self.backbone[: self.n_frozen]:
+            block.eval()
         return self
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

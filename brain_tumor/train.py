@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import CLASSES, PipelineError, atomic_write, progress, seed_everything
-from .data import MEAN, STD, CACHE_DIR, SplitImages, batch_indices, load_split, to_input
+from .data import MEAN, STD, SplitImages, batch_indices, cache_dir, load_split, to_input
 from .models import WEIGHTS_SHA256, ScratchCNN, TransferNet, load_imagenet_backbone, resolve_weights
 
 
@@ -86,9 +86,9 @@ class Batches:
         return self.prepare(self.inputs[idx], generator), torch.from_numpy(self.labels[idx]).to(device)
 
 
-def image_batches(split: SplitImages, device: torch.device, channels_last: bool, augment: bool) -> Batches:
+def image_batches(split: SplitImages, device: torch.device, augment: bool) -> Batches:
     def prepare(batch: np.ndarray, generator: torch.Generator | None) -> torch.Tensor:
-        x = to_input(batch, device, channels_last)
+        x = to_input(batch, device)
         if augment and generator is not None:  # random horizontal flips: brains are near-symmetric
             flip = torch.rand(len(x), generator=generator) < 0.5
             x[flip.to(x.device)] = x[flip.to(x.device)].flip(-1)
@@ -145,8 +145,7 @@ def fit(model: nn.Module, train: Batches, val: Batches, *, epochs: int, batch_si
     """Adam on the trainable parameters; validation (eval mode) every epoch; `on_best` at each new best val loss."""
     rank, size = world()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
-    optimizer = torch.optim.Adam(trainable, lr=lr, **fused)
+    optimizer = torch.optim.Adam(trainable, lr=lr, fused=True)  # one kernel per step: 2x faster on the 103M-param CNN
     net = nn.parallel.DistributedDataParallel(model) if size > 1 else model
     generator = torch.Generator().manual_seed(seed)
     best = float("inf")
@@ -165,24 +164,23 @@ def fit(model: nn.Module, train: Batches, val: Batches, *, epochs: int, batch_si
 
 @torch.inference_mode()
 def embed_split(model: TransferNet, split: SplitImages, batch_size: int, device: torch.device,
-                amp: torch.dtype | None, cache_dir: Path = CACHE_DIR, desc: str = "features") -> np.ndarray:
+                amp: torch.dtype | None, desc: str = "features") -> np.ndarray:
     """The frozen backbone's output for every image of a split, cached on disk as float32.
 
     Key: the split's pixels, the weights' sha256, image size, normalisation, head input kind and precision.
     """
     head_kind = type(model.pool[-1]).__name__ + str(len(model.pool))
     key = hashlib.sha256(f"v1 {split.key} {WEIGHTS_SHA256} {split.images.shape} {MEAN} {STD} {head_kind} {amp}".encode()).hexdigest()[:24]
-    path = cache_dir / f"features-{key}.npy"
+    path = cache_dir() / f"features-{key}.npy"
     if not path.exists():
         model.eval().to(device)
-        channels_last = device.type == "cpu"
-        first = model.embed(to_input(split.images[:1], device, channels_last))
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        first = model.embed(to_input(split.images[:1], device))
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(split.labels), first.shape[1]))
         for idx in progress(batch_indices(len(split.labels), batch_size, None), desc, unit="batch"):
             with autocast(device, amp):
-                out[idx] = model.embed(to_input(split.images[idx], device, channels_last)).float().cpu().numpy()
+                out[idx] = model.embed(to_input(split.images[idx], device)).float().cpu().numpy()
         out.flush()
         del out
         os.replace(tmp, path)
@@ -212,8 +210,13 @@ def load_trained(path: Path) -> tuple[nn.Module, dict]:
     return model.eval(), meta
 
 
-def run(kind: str, params: dict, split_dir: Path, model_path: Path, live_dir: Path, feature_batch: int = 64) -> dict:
-    """Train `kind` ('scratch' or 'transfer') with params['train_<kind>']; write the best model and curves."""
+def run(kind: str, params: dict, split_dir: Path, model_path: Path, live_dir: Path, feature_batch: int = 64,
+        feature_cache: bool | None = None) -> dict:
+    """Train `kind` ('scratch' or 'transfer') with params['train_<kind>']; write the best model and curves.
+
+    `feature_cache` None takes the cached-feature path wherever it is exact (frozen backbone, no
+    augmentation); False forces the full forward every epoch (for tests and benchmarks).
+    """
     from dvclive import Live
 
     cfg = params[f"train_{kind}"]
@@ -222,15 +225,14 @@ def run(kind: str, params: dict, split_dir: Path, model_path: Path, live_dir: Pa
     amp = autocast_dtype(cfg["precision"], device)
     seed_everything(params["seed"])
     model = build_model(kind, cfg).to(device)
-    channels_last = device.type == "cpu" and kind == "transfer" or device.type == "cuda"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPU (oneDNN) and GPU
     train_split = load_split(split_dir, "train", cfg["image_size"])
     val_split = load_split(split_dir, "val", cfg["image_size"])
     if not len(train_split.labels) or not len(val_split.labels):
         raise PipelineError(f"{split_dir}: the train and val splits must both hold images")
 
-    cached = kind == "transfer" and not cfg["augment"] and cfg["unfreeze_last"] == 0
+    exact = kind == "transfer" and not cfg["augment"] and cfg["unfreeze_last"] == 0
+    cached = exact if feature_cache is None else feature_cache and exact
     if cached:  # train the head alone on features computed once: same result, a fraction of the time
         features = {s.key: embed_split(model, s, feature_batch, device, amp, desc=f"features {name}")
                     for name, s in (("train", train_split), ("val", val_split))}
@@ -239,8 +241,8 @@ def run(kind: str, params: dict, split_dir: Path, model_path: Path, live_dir: Pa
         val = feature_batches(features[val_split.key], val_split.labels, device)
     else:
         trainable = model
-        train = image_batches(train_split, device, channels_last, cfg["augment"])
-        val = image_batches(val_split, device, channels_last, False)
+        train = image_batches(train_split, device, cfg["augment"])
+        val = image_batches(val_split, device, False)
 
     meta = {"kind": kind, "image_size": cfg["image_size"], "classes": list(CLASSES), "mean": list(MEAN), "std": list(STD),
             "head": cfg.get("head", ""), "unfreeze_last": cfg.get("unfreeze_last", 0)}

@@ -1,0 +1,168 @@
+"""Benchmark: our training stages against a faithful seed-style baseline, on the same split and params.
+
+Baseline (the seed notebook's loop): torchvision ImageFolder + DataLoader, JPEG/PNG decode, Resize and
+Normalize on every image in every epoch, the full model forward every epoch, batch 16, Adam 1e-4, 20
+epochs, best by validation loss. (Unlike the seed, its frozen backbone keeps BatchNorm in eval mode and
+validation runs in eval mode, so that both sides train the same model and accuracies are comparable.)
+Ours: `brain_tumor.train.run`, the code of the train-* stages, with an empty cache, so decoding and the
+feature pass are paid inside the measured time.
+
+Each run happens in its own process, so its peak RSS is its own. Also prints the raw MobileNetV2
+feature throughput of this machine, to compare our feature pass against.
+
+Usage: python benchmarks/training.py [--split data/split] [--images 600] [--models scratch,transfer]
+"""
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from brain_tumor import train  # noqa: E402
+from brain_tumor.common import load_params, read_csv, seed_everything, write_csv  # noqa: E402
+from brain_tumor.data import load_split  # noqa: E402
+from brain_tumor.evaluate import predict  # noqa: E402
+
+
+def subset_split(split_dir: Path, images: int, seed: int, out: Path) -> None:
+    """The same split, cut to about `images` images (each split and class shrunk by the same factor)."""
+    rows = read_csv(split_dir / "split_manifest.csv")
+    keep = np.random.default_rng(seed).permutation(len(rows))[: min(images, len(rows))]
+    chosen = sorted((rows[i] for i in keep), key=lambda r: (r["split"], r["label"], r["id"]))
+    for r in chosen:
+        (out / r["file"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(split_dir / r["file"], out / r["file"])
+    write_csv(out / "split_manifest.csv", chosen)
+
+
+def seed_style(kind: str, params: dict, split_dir: Path) -> float:
+    """The seed notebook's training loop; returns test accuracy of the best-by-validation-loss weights."""
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    cfg = params[f"train_{kind}"]
+    seed_everything(params["seed"])
+    tf = transforms.Compose([transforms.Resize((cfg["image_size"], cfg["image_size"])), transforms.ToTensor(),
+                             transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+    loaders = {s: DataLoader(datasets.ImageFolder(split_dir / s, tf), batch_size=cfg["batch_size"], shuffle=s == "train")
+               for s in ("train", "val", "test")}
+    model = train.build_model(kind, cfg)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"])
+    best, best_state = float("inf"), None
+    for _ in range(cfg["epochs"]):
+        model.train()
+        for x, y in loaders["train"]:
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            val_loss = sum(torch.nn.functional.cross_entropy(model(x), y, reduction="sum").item() for x, y in loaders["val"])
+        if val_loss < best:
+            best, best_state = val_loss, {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    model.eval()
+    with torch.no_grad():
+        correct = sum((model(x).argmax(1) == y).sum().item() for x, y in loaders["test"])
+    return correct / len(loaders["test"].dataset)
+
+
+def ours(kind: str, params: dict, split_dir: Path, work: Path) -> float:
+    os.environ["BRAIN_TUMOR_CACHE"] = str(work / "cache")
+    train.run(kind, params, split_dir, work / f"{kind}.pt", work / f"live_{kind}")
+    model, meta = train.load_trained(work / f"{kind}.pt")
+    test = load_split(split_dir, "test", meta["image_size"])
+    return float(((predict(model, test.images, 64) >= 0.5) == test.labels).mean())
+
+
+def raw_backbone_throughput(image_size: int, batch: int = 64, repeats: int = 3) -> float:
+    """MobileNetV2 features, inference mode, channels_last fp32: the images/s this machine can do."""
+    from torchvision.models import mobilenet_v2
+
+    net = mobilenet_v2(weights=None).features.eval().to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        net(x)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            net(x)
+    return batch * repeats / (time.perf_counter() - start)
+
+
+def feature_pass(params: dict, split_dir: Path, work: Path, precision: str) -> tuple[float, np.ndarray]:
+    """Our cached feature pass over the train split: (images/s, the features)."""
+    os.environ["BRAIN_TUMOR_CACHE"] = str(work / f"cache_{precision}")
+    cfg = params["train_transfer"]
+    images = load_split(split_dir, "train", cfg["image_size"])  # decoded first: this measures the backbone pass
+    model = train.build_model("transfer", cfg).to(memory_format=torch.channels_last)
+    device = torch.device("cpu")
+    start = time.perf_counter()
+    features = train.embed_split(model, images, 64, device, train.autocast_dtype(precision, device))
+    return len(images.labels) / (time.perf_counter() - start), np.array(features)
+
+
+def _child(queue, fn, args):
+    start = time.perf_counter()
+    result = fn(*args)
+    queue.put((result, time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+
+def measure(fn, *args):
+    """Run fn(*args) in a fresh process: (result, wall seconds, peak RSS MiB of that process)."""
+    queue = mp.get_context("fork").Queue()
+    proc = mp.get_context("fork").Process(target=_child, args=(queue, fn, args))
+    proc.start()
+    out = queue.get()
+    proc.join()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--split", type=Path, default=Path("data/split"))
+    ap.add_argument("--images", type=int, default=600, help="images taken from the split (all three parts)")
+    ap.add_argument("--models", default="transfer,scratch")
+    ap.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time the seed-style baseline (--no-baseline: ours only, e.g. for RSS at other sizes)")
+    args = ap.parse_args()
+    params = load_params()
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"cuda {torch.cuda.is_available()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        subset_split(args.split, args.images, params["seed"], tmp / "split")
+        counts = {s: len(list((tmp / "split" / s).rglob("*.png"))) for s in ("train", "val", "test")}
+        print(f"data: {counts} from {args.split}; params: params.yaml")
+        for kind in args.models.split(","):
+            cfg = params[f"train_{kind}"]
+            per_epoch = counts["train"] + counts["val"]
+            our_acc, our_s, our_rss = measure(ours, kind, params, tmp / "split", tmp / kind)
+            print(f"{kind}: ours       {our_s:.1f} s ({per_epoch * cfg['epochs'] / our_s:.1f} img/s), "
+                  f"peak RSS {our_rss:.0f} MiB, test acc {our_acc:.4f}", flush=True)
+            if args.baseline:
+                base_acc, base_s, base_rss = measure(seed_style, kind, params, tmp / "split")
+                print(f"{kind}: seed-style {base_s:.1f} s ({per_epoch * cfg['epochs'] / base_s:.1f} img/s), "
+                      f"peak RSS {base_rss:.0f} MiB, test acc {base_acc:.4f}")
+                print(f"{kind}: speed-up {base_s / our_s:.1f}x, accuracy difference {100 * (our_acc - base_acc):+.2f} points",
+                      flush=True)
+        if "transfer" in args.models:
+            size = params["train_transfer"]["image_size"]
+            raw, _, _ = measure(raw_backbone_throughput, size)
+            (fp32, f32), _, _ = measure(feature_pass, params, tmp / "split", tmp / "feat", "fp32")
+            (bf16, fbf), _, _ = measure(feature_pass, params, tmp / "split", tmp / "feat", "bf16")
+            rel = np.abs(fbf - f32).max() / np.abs(f32).max()
+            print(f"backbone: raw {raw:.1f} img/s; our feature pass fp32 {fp32:.1f} img/s ({fp32 / raw:.0%} of raw), "
+                  f"bf16 autocast {bf16:.1f} img/s (max deviation {rel:.1%} of the largest feature)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Fixtures that build real image files, datasets and repositories on the fly."""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+
+def scan(seed: int, size: int = 32) -> np.ndarray:
+    """A distinct random-texture RGB image (random enough that perceptual hashes differ)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize((size, size), Image.Resampling.NEAREST))
+
+
+def save(path: Path, rgb: np.ndarray, fmt: str | None = None, mode: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(rgb)
+    if mode:
+        img = img.convert(mode)
+    img.save(path, format=fmt)
+    return path
+
+
+def truncated_jpeg(path: Path, seed: int) -> Path:
+    buf = io.BytesIO()
+    Image.fromarray(scan(seed, 64)).save(buf, format="JPEG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    return path
+
+
+@pytest.fixture
+def tiny_params() -> dict:
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    params["data"]["synthetic"].update(n_images=40, image_size=64)
+    params["data"]["max_reject_fraction"] = 0.5
+    for stage in ("train_scratch", "train_transfer"):
+        params[stage].update(image_size=32, epochs=2, batch_size=8)
+    params["evaluate"].update(bootstrap_samples=50, grid_images=4)
+    return params
+
+
+def venv_env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.pop("DVC_NO_ANALYTICS", None)
+    env["DVC_NO_ANALYTICS"] = "1"
+    return env
+
+
+def sh(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=venv_env(), capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture
+def project_repo(tmp_path: Path, tiny_params: dict) -> Path:
+    """A new git + DVC repository holding this project's pipeline with tiny params."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("stages", "brain_tumor"):
+        shutil.copytree(PROJECT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(PROJECT / name, repo / name)
+    (repo / "data" / "raw").mkdir(parents=True)
+    (repo / "data" / "raw" / "README.md").write_text("user data goes here\n")
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params, sort_keys=False))
+    sh(["git", "init", "-q"], repo)
+    sh(["git", "config", "user.email", "test@example.com"], repo)
+    sh(["git", "config", "user.name", "test"], repo)
+    sh(["dvc", "init", "-q"], repo)
+    sh(["dvc", "config", "core.analytics", "false"], repo)
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "commit", "-qm", "pipeline"], repo)
+    return repo

@@ -1,0 +1,38 @@
+import itertools
+
+import numpy as np
+
+from brain_tumor.evaluate import binary_metrics, bootstrap_ci, roc_auc
+
+
+def test_metrics_match_hand_counts():
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    pred = np.array([1, 1, 1, 0, 1, 0, 0, 0, 0, 0])  # tp 3, fn 1, fp 1, tn 5
+    m = binary_metrics(y, pred, pred.astype(float))
+    assert m["accuracy"] == 0.8
+    assert m["precision"] == 0.75 and m["recall"] == 0.75
+    assert np.isclose(m["specificity"], 5 / 6) and np.isclose(m["f1"], 0.75)
+
+
+def test_auc_equals_pairwise_probability_with_ties():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    score = np.round(rng.random(60), 1)  # many ties
+    pairs = [(p, n) for p, n in itertools.product(score[y == 1], score[y == 0])]
+    expected = np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs])
+    assert np.isclose(roc_auc(y, score), expected)
+    assert roc_auc(y, np.where(y == 1, 1.0, 0.0)) == 1.0
+
+
+def test_bootstrap_interval_brackets_the_estimate_and_narrows_with_data():
+    rng = np.random.default_rng(1)
+
+    def width(n):
+        y = rng.integers(0, 2, n)
+        pred = np.where(rng.random(n) < 0.8, y, 1 - y)
+        ci = bootstrap_ci(y, pred, pred.astype(float), 300, seed=0)
+        point = binary_metrics(y, pred, pred.astype(float))["accuracy"]
+        assert ci["accuracy"][0] <= point <= ci["accuracy"][1]
+        return ci["accuracy"][1] - ci["accuracy"][0]
+
+    assert width(2000) < width(50)

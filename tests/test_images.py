@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from brain_tumor.images import RejectedFile, load_rgb, perceptual_hash, pixel_sha256
+from conftest import scan, truncated_jpeg
+
+MAX = 10**6
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGB", "RGBA"])
+def test_every_mode_becomes_rgb_uint8(tmp_path, mode):
+    path = tmp_path / f"x_{mode}.png"
+    Image.fromarray(scan(1)).convert(mode).save(path)
+    rgb = load_rgb(path, MAX)
+    assert rgb.dtype == np.uint8 and rgb.shape == (32, 32, 3)
+
+
+def test_sixteen_bit_is_scaled_by_its_real_range(tmp_path):
+    values = np.linspace(1000, 3000, 32 * 32).reshape(32, 32).astype(np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(values).save(path)  # mode I;16
+    rgb = load_rgb(path, MAX)
+    assert rgb.min() == 0 and rgb.max() == 255
+    assert (rgb[..., 0] == rgb[..., 1]).all()
+
+
+def test_alpha_is_composited_on_black(tmp_path):
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[..., :3] = 200
+    rgba[:2, :, 3] = 255  # top half opaque, bottom half transparent
+    path = tmp_path / "a.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    rgb = load_rgb(path, MAX)
+    assert (rgb[:2] == 200).all() and (rgb[2:] == 0).all()
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.fromarray(np.zeros((10, 20, 3), dtype=np.uint8))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees
+    path = tmp_path / "rot.jpg"
+    img.save(path, exif=exif)
+    assert load_rgb(path, MAX).shape == (20, 10, 3)
+
+
+@pytest.mark.parametrize("fmt,suffix", [("JPEG", "jpg"), ("BMP", "bmp"), ("TIFF", "tif")])
+def test_other_formats_decode(tmp_path, fmt, suffix):
+    path = tmp_path / f"x.{suffix}"
+    Image.fromarray(scan(2)).save(path, format=fmt)
+    assert load_rgb(path, MAX).shape == (32, 32, 3)
+
+
+def test_bad_files_are_rejected_with_their_reason(tmp_path):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    text = tmp_path / "text.jpg"
+    text.write_text("not a picture")
+    big = tmp_path / "big.png"
+    Image.new("L", (300, 300)).save(big)
+    cases = {empty: "empty_file", text: "not_an_image", truncated_jpeg(tmp_path / "cut.jpg", 3): "truncated_or_corrupt",
+             big: "decompression_bomb"}
+    for path, reason in cases.items():
+        with pytest.raises(RejectedFile) as err:
+            load_rgb(path, max_pixels=20_000)
+        assert err.value.reason == reason, path
+
+
+def test_pixel_hash_ignores_encoding_and_perceptual_hash_survives_resizing(tmp_path):
+    a = scan(4, 64)
+    png, bmp = tmp_path / "a.png", tmp_path / "a.bmp"
+    Image.fromarray(a).save(png)
+    Image.fromarray(a).save(bmp)
+    assert pixel_sha256(load_rgb(png, MAX)) == pixel_sha256(load_rgb(bmp, MAX))
+    resized = np.asarray(Image.fromarray(a).resize((48, 48)))
+    near = bin(perceptual_hash(a) ^ perceptual_hash(resized)).count("1")
+    far = bin(perceptual_hash(a) ^ perceptual_hash(scan(5, 64))).count("1")
+    assert near <= 4 < far

@@ -1,0 +1,190 @@
+import csv
+import shutil
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from brain_tumor import ingest
+from brain_tumor.common import PipelineError, read_csv
+from brain_tumor.split import SPLITS, assign_splits
+from conftest import save, scan, truncated_jpeg
+
+LABELS = {"no": "non_tumor", "yes": "tumor", "notumor": "non_tumor", "glioma": "tumor", "meningioma": "tumor",
+          "tumor": "tumor", "non_tumor": "non_tumor"}
+# the bad files every layout below mixes in, and the reason each must get
+BAD = {"empty": "empty_file", "cut": "truncated_or_corrupt", "text": "not_an_image", "huge": "decompression_bomb"}
+
+
+def add_bad_files(folder: Path, names: dict[str, str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / names["empty"]).write_bytes(b"")
+    truncated_jpeg(folder / names["cut"], 99)
+    (folder / names["text"]).write_text("hello")
+    Image.new("L", (300, 300)).save(folder / names["huge"])
+
+
+def run_ingest(root: Path, out: Path, **kw):
+    args = dict(labels=LABELS, near_duplicate_distance=4, max_reject_fraction=0.9, max_pixels=20_000, processes=2)
+    return ingest.ingest(root, out, **(args | kw))
+
+
+def kaggle_dataset(root: Path, nested: bool) -> dict[str, str]:
+    """12 good images (one also copied under another name, one resized copy), plus bad rows and files.
+
+    Returns the expected reason per source for rejected items.
+    """
+    images = root / "Brain Tumor" / "Brain Tumor" if nested else root / "Brain Tumor"
+    rows = []
+    for i in range(1, 13):
+        save(images / f"Image{i}.jpg", scan(i), "PNG")
+        rows.append((f"Image{i}" if i % 2 else f"Image{i}.jpg", i % 2))
+    shutil.copy(images / "Image1.jpg", images / "Image13.jpg")  # exact duplicate, same label
+    rows.append(("Image13", 1))
+    save(images / "Image14.png", np.asarray(Image.fromarray(scan(2)).resize((28, 28))))  # near duplicate of Image2
+    rows.append(("Image14", 0))
+    rows.append(("Image99", 1))  # listed, missing
+    save(images / "Image15.png", scan(15))
+    rows.append(("Image15", 7))  # label not 0/1
+    add_bad_files(images, {"empty": "Image16.jpg", "cut": "Image17.jpg", "text": "Image18.jpg", "huge": "Image19.png"})
+    rows += [("Image16", 0), ("Image17", 1), ("Image18", 0), ("Image19", 1)]
+    save(images / "stray.png", scan(77))  # present, not listed
+    with open(root / "Brain Tumor.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Image", "Class", "Mean"])
+        w.writerows([(name, label, 0.5) for name, label in rows])
+    prefix = "Brain Tumor/Brain Tumor/" if nested else "Brain Tumor/"
+    expected = {f"{prefix}Image{i}.{'png' if i == 19 else 'jpg'}": BAD[k] for i, k in zip(range(16, 20), BAD)}
+    expected |= {"Brain Tumor.csv:Image99": "missing_file", f"{prefix}Image15.png": "bad_label", f"{prefix}stray.png": "not_in_csv"}
+    return expected
+
+
+def folder_dataset(root: Path, yes_no: bool) -> dict[str, str]:
+    pos, neg = ("yes", "no") if yes_no else ("Training/glioma", "Testing/NoTumor")
+    for i in range(1, 13):
+        save(root / (pos if i % 2 else neg) / f"scan{i}.png", scan(i))
+    shutil.copy(root / pos / "scan1.png", root / neg / "copy_of_1.png")  # same pixels, other label: conflict
+    save(root / "unsorted" / "scan20.png", scan(20))  # folder with no class
+    add_bad_files(root / pos, {"empty": "e.png", "cut": "c.jpg", "text": "t.bmp", "huge": "h.png"})
+    (root / "__MACOSX").mkdir()
+    (root / "__MACOSX" / "._scan1.png").write_bytes(b"junk")
+    expected = {f"{pos}/{n}": BAD[k] for k, n in zip(BAD, ["e.png", "c.jpg", "t.bmp", "h.png"])}
+    expected |= {"unsorted/scan20.png": "no_label_for_folder", f"{pos}/scan1.png": "label_conflict",
+                 f"{neg}/copy_of_1.png": "label_conflict"}
+    return expected
+
+
+def zip_folder(folder: Path, archive: Path, evil: bool = True) -> Path:
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                zf.write(f, f.relative_to(folder).as_posix())
+        if evil:
+            zf.writestr("../escape.png", b"x")  # zip-slip
+    return archive
+
+
+def check_accounting(report: dict, out: Path, expected: dict[str, str], extra: dict[str, str] = {}) -> None:
+    files = read_csv(out / "files.csv")
+    assert report["accepted"] + report["rejected"] + report["duplicates"] == report["files_seen"] == len(files)
+    rejected = {r["source"]: r["reason"] for r in files if r["status"] == "rejected"}
+    assert rejected == expected | extra
+    manifest = read_csv(out / "manifest.csv")
+    assert len(manifest) == report["accepted"] == len(list((out / "images").glob("*.png")))
+    assert all(Image.open(out / m["file"]).mode == "RGB" for m in manifest)
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_kaggle_folder(tmp_path, nested):
+    expected = kaggle_dataset(tmp_path / "raw", nested)
+    report = run_ingest(tmp_path / "raw", tmp_path / "out")
+    check_accounting(report, tmp_path / "out", expected)
+    assert report["duplicates"] == 1  # Image13 is Image1 again
+    manifest = read_csv(tmp_path / "out" / "manifest.csv")
+    group = {Path(m["source"]).stem: m["group"] for m in manifest}
+    assert group["Image2"] == group["Image14"] != group["Image4"]  # the resized copy joins its original
+    assert report["duplicate_groups"] == 2 and report["files_in_duplicate_groups"] == 4
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_kaggle_zip(tmp_path, nested):
+    expected = kaggle_dataset(tmp_path / "raw", nested)
+    archive = zip_folder(tmp_path / "raw", tmp_path / "data.zip")
+    (tmp_path / "work").mkdir()
+    root, refused = ingest.open_source(str(archive), tmp_path, tmp_path / "work", 10**8)
+    report = run_ingest(root, tmp_path / "out", pre_rejected=refused)
+    check_accounting(report, tmp_path / "out", expected, {"../escape.png": "unsafe_zip_entry"})
+    assert not (tmp_path / "escape.png").exists()
+
+
+@pytest.mark.parametrize("yes_no", [True, False])
+def test_class_folders(tmp_path, yes_no):
+    expected = folder_dataset(tmp_path / "raw", yes_no)
+    report = run_ingest(tmp_path / "raw", tmp_path / "out")
+    check_accounting(report, tmp_path / "out", expected)
+    assert report["label_conflict_groups"] == 1 and report["system_files_skipped"] == 1
+    assert report["per_class"] == {"non_tumor": 6, "tumor": 5}
+
+
+def test_class_folders_zip(tmp_path):
+    expected = folder_dataset(tmp_path / "raw", True)
+    archive = zip_folder(tmp_path / "raw", tmp_path / "data.zip")
+    (tmp_path / "work").mkdir()
+    root, refused = ingest.open_source(str(archive), tmp_path, tmp_path / "work", 10**8)
+    report = run_ingest(root, tmp_path / "out", pre_rejected=refused)
+    check_accounting(report, tmp_path / "out", expected, {"../escape.png": "unsafe_zip_entry"})
+
+
+def test_zip_bomb_is_refused(tmp_path):
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("yes/a.png", b"\0" * 5_000_000)
+    with pytest.raises(PipelineError, match="exceeds data.max_archive_mb"):
+        ingest.safe_extract(archive, tmp_path / "out", max_bytes=1_000_000)
+
+
+def test_too_many_rejects_fail_without_output(tmp_path):
+    folder_dataset(tmp_path / "raw", True)
+    with pytest.raises(PipelineError, match="max_reject_fraction"):
+        run_ingest(tmp_path / "raw", tmp_path / "out", max_reject_fraction=0.05)
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out.*"))
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda root: root.mkdir(), "no files found"),
+    (lambda root: save(root / "misc" / "a.png", scan(1)), "no folder name maps to a class"),
+    (lambda root: (root.mkdir(), (root / "t.csv").write_text("Image,Target\nImage1,1\n")), "no 'Class' column"),
+])
+def test_unusable_datasets_fail_with_one_line(tmp_path, make, message):
+    make(tmp_path / "raw")
+    with pytest.raises(PipelineError, match=message) as err:
+        run_ingest(tmp_path / "raw", tmp_path / "out")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_grouped_split_never_divides_a_group_and_meets_fractions():
+    rng = np.random.default_rng(0)
+    n = 1500
+    labels = list((rng.random(n) < 0.35).astype(int))
+    groups = [f"g{i // 3}" if i < 600 else f"s{i}" for i in range(n)]  # 200 groups of 3, then singletons
+    for i in range(0, 600, 3):
+        labels[i + 1] = labels[i + 2] = labels[i]
+    fractions = {"train": 0.7, "val": 0.1, "test": 0.2}
+    splits = assign_splits(labels, groups, fractions, seed=42)
+    assert splits == assign_splits(labels, groups, fractions, seed=42)
+    assert splits != assign_splits(labels, groups, fractions, seed=7)
+    split_of_group: dict[str, set[str]] = {}
+    for g, s in zip(groups, splits):
+        split_of_group.setdefault(g, set()).add(s)
+    assert all(len(s) == 1 for s in split_of_group.values())
+    counts = Counter(splits)
+    for s in SPLITS:
+        assert abs(counts[s] / n - fractions[s]) <= 0.01
+        for c in (0, 1):  # stratified
+            in_class = [sp for sp, lab in zip(splits, labels) if lab == c]
+            assert abs(in_class.count(s) / len(in_class) - fractions[s]) <= 0.01
