@@ -51,15 +51,17 @@ def setup_device() -> torch.device:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """None for fp32; bf16 when asked, or for `auto` where the hardware runs it fast (CUDA, or AMX CPUs)."""
+    """None for fp32; bf16 when asked, or for `auto` where the hardware runs it fast (recent GPUs, AMX CPUs).
+
+    fp16 is not offered: it would need loss scaling, and bf16 does not.
+    """
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
     if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if torch.cpu._is_amx_tile_supported() else None
+        fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.cpu._is_amx_tile_supported()
+        return torch.bfloat16 if fast else None
     raise PipelineError(f"precision: {precision!r} is not fp32, bf16 or auto")
 
 
