@@ -1,6 +1,7 @@
 """Evaluate: both best models, once, on the test split, in eval mode; metrics with bootstrap 95% CIs."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,7 @@ def bootstrap_ci(y: np.ndarray, pred: np.ndarray, score: np.ndarray, samples: in
         i = rng.integers(0, len(y), len(y))
         for m, v in binary_metrics(y[i], pred[i], score[i]).items():
             draws[m].append(v)
-    return {m: [round(float(np.nanpercentile(v, 2.5)), 4), round(float(np.nanpercentile(v, 97.5)), 4)] for m, v in draws.items()}
+    return {m: [_json_number(float(np.nanpercentile(v, q))) for q in (2.5, 97.5)] for m, v in draws.items()}
 
 
 @torch.inference_mode()
@@ -73,31 +74,43 @@ def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int) -> np.n
     return np.concatenate(out) if out else np.zeros(0)
 
 
+@dataclass
+class TestPredictions:
+    labels: np.ndarray  # true class per test image
+    predicted: np.ndarray  # predicted class (P(tumor) >= 0.5)
+    p_tumor: np.ndarray
+    images: np.ndarray  # the test images as the model saw them (uint8 NHWC)
+
+
+def _json_number(v: float) -> float | None:
+    return None if np.isnan(v) else round(v, 4)  # JSON has no NaN (AUC with one class in the test split)
+
+
 def run(params: dict, split_dir: Path, model_paths: dict[str, Path], metrics_dir: Path, figures_dir: Path) -> dict:
+    """The evaluate stage: metrics, confidence intervals, confusion-plot data and PNG figures per model."""
     cfg = params["evaluate"]
-    results, ci, predictions, test = {}, {}, {}, None
+    results, ci, runs = {}, {}, {}
     for name, path in model_paths.items():
         model, meta = load_trained(path)
         test = load_split(split_dir, "test", meta["image_size"])
         if not len(test.labels):
             raise PipelineError(f"{split_dir}: the test split holds no images")
         score = predict(model, test.images, cfg["batch_size"])
-        pred = (score >= 0.5).astype(np.int64)
-        y = test.labels
-        results[name] = {m: round(v, 4) for m, v in binary_metrics(y, pred, score).items()} | {"test_images": len(y)}
-        ci[name] = bootstrap_ci(y, pred, score, cfg["bootstrap_samples"], params["seed"])
-        predictions[name] = (y, pred, score, test)
+        run = runs[name] = TestPredictions(test.labels, (score >= 0.5).astype(np.int64), score, test.images)
+        metrics = binary_metrics(run.labels, run.predicted, score)
+        results[name] = {m: _json_number(v) for m, v in metrics.items()} | {"test_images": len(run.labels)}
+        ci[name] = bootstrap_ci(run.labels, run.predicted, score, cfg["bootstrap_samples"], params["seed"])
         write_csv(metrics_dir / "predictions" / f"{name}.csv", [
             {"id": i, "actual": CLASSES[a], "predicted": CLASSES[p], "p_tumor": round(float(s), 6)}
-            for i, a, p, s in zip(test.ids, y, pred, score)
+            for i, a, p, s in zip(test.ids, run.labels, run.predicted, score)
         ])
     write_json(metrics_dir / "test.json", results)
     write_json(metrics_dir / "test_ci95.json", ci)
+
     from .figures import confusion_figure, prediction_grid, roc_figure
 
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    for name, (y, pred, score, _) in predictions.items():
-        confusion_figure(y, pred, f"{name}: test confusion matrix", figures_dir / f"confusion_{name}.png")
-    roc_figure({n: (p[0], p[2]) for n, p in predictions.items()}, figures_dir / "roc.png")
-    prediction_grid(predictions, cfg["grid_images"], params["seed"], figures_dir / "test_predictions.png")
+    for name, run in runs.items():
+        confusion_figure(run.labels, run.predicted, f"{name}: test confusion matrix", figures_dir / f"confusion_{name}.png")
+    roc_figure({name: (run.labels, run.p_tumor) for name, run in runs.items()}, figures_dir / "roc.png")
+    prediction_grid(runs, cfg["grid_images"], params["seed"], figures_dir / "test_predictions.png")
     return results

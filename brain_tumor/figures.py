@@ -49,10 +49,13 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> 
     _save(fig, path)
 
 
-def prediction_grid(predictions: dict, n_images: int, seed: int, path: Path) -> None:
-    """Test images titled with the true class and each model's prediction (red when wrong)."""
-    any_name = next(iter(predictions))
-    labels, images = predictions[any_name][0], predictions[any_name][3].images
+def prediction_grid(runs: dict, n_images: int, seed: int, path: Path) -> None:
+    """Test images titled with the true class and each model's prediction (red when any is wrong).
+
+    `runs` maps model name -> evaluate.TestPredictions; all hold the same test split in the same order.
+    """
+    first = next(iter(runs.values()))
+    labels, images = first.labels, first.images
     n = min(n_images, len(labels))
     pick = np.sort(np.random.default_rng(seed).choice(len(labels), n, replace=False))
     cols = min(4, n)
@@ -62,8 +65,8 @@ def prediction_grid(predictions: dict, n_images: int, seed: int, path: Path) -> 
         ax.axis("off")
     for ax, i in zip(axes.ravel(), pick):
         ax.imshow(images[i])
-        wrong = any(p[1][i] != labels[i] for p in predictions.values())
-        guesses = ", ".join(f"{name}: {CLASSES[p[1][i]]}" for name, p in predictions.items())
+        wrong = any(run.predicted[i] != labels[i] for run in runs.values())
+        guesses = ", ".join(f"{name}: {CLASSES[run.predicted[i]]}" for name, run in runs.items())
         ax.set_title(f"true: {CLASSES[labels[i]]}\n{guesses}", fontsize=8, color="red" if wrong else "black")
     _save(fig, path)
 

@@ -13,7 +13,7 @@ import os
 import tempfile
 import zipfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path, PurePosixPath
 from typing import Iterable
@@ -46,13 +46,6 @@ class Decoded:
     phash: int = 0
     width: int = 0
     height: int = 0
-
-
-@dataclass
-class IngestResult:
-    items: list[Decoded]
-    status: dict[str, str] = field(default_factory=dict)  # source -> accepted | duplicate | rejected
-    group_of_sha: dict[str, int] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- opening a dataset (folder or zip)

@@ -202,13 +202,18 @@ def build_model(kind: str, cfg: dict) -> nn.Module:
 
 def load_trained(path: Path) -> tuple[nn.Module, dict]:
     """A model file written by a training stage, and its metadata."""
+    if not path.is_file():
+        raise PipelineError(f"{path}: no such model file; run its training stage first")
     saved = torch.load(path, map_location="cpu", weights_only=True)
     meta = saved["meta"]
     if meta["kind"] == "scratch":
         model = ScratchCNN(meta["image_size"])
     else:
         model = TransferNet(meta["head"], meta["image_size"], meta["unfreeze_last"])
-    model.load_state_dict(saved["state_dict"])
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError:
+        raise PipelineError(f"{path}: weights do not fit this code's {type(model).__name__}; retrain it (dvc repro)") from None
     return model.eval(), meta
 
 
