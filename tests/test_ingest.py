@@ -1,7 +1,6 @@
 import csv
 import shutil
 import zipfile
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,6 @@ from PIL import Image
 
 from brain_tumor import ingest
 from brain_tumor.common import PipelineError, read_csv
-from brain_tumor.split import SPLITS, assign_splits
 from conftest import save, scan, truncated_jpeg
 
 LABELS = {"no": "non_tumor", "yes": "tumor", "notumor": "non_tumor", "glioma": "tumor", "meningioma": "tumor",
@@ -159,26 +157,3 @@ def test_unusable_datasets_fail_with_one_line(tmp_path, make, message):
         run_ingest(tmp_path / "raw", tmp_path / "out")
     assert "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()
-
-
-def test_grouped_split_never_divides_a_group_and_meets_fractions():
-    rng = np.random.default_rng(0)
-    n = 1500
-    labels = list((rng.random(n) < 0.35).astype(int))
-    groups = [f"g{i // 3}" if i < 600 else f"s{i}" for i in range(n)]  # 200 groups of 3, then singletons
-    for i in range(0, 600, 3):
-        labels[i + 1] = labels[i + 2] = labels[i]
-    fractions = {"train": 0.7, "val": 0.1, "test": 0.2}
-    splits = assign_splits(labels, groups, fractions, seed=42)
-    assert splits == assign_splits(labels, groups, fractions, seed=42)
-    assert splits != assign_splits(labels, groups, fractions, seed=7)
-    split_of_group: dict[str, set[str]] = {}
-    for g, s in zip(groups, splits):
-        split_of_group.setdefault(g, set()).add(s)
-    assert all(len(s) == 1 for s in split_of_group.values())
-    counts = Counter(splits)
-    for s in SPLITS:
-        assert abs(counts[s] / n - fractions[s]) <= 0.01
-        for c in (0, 1):  # stratified
-            in_class = [sp for sp, lab in zip(splits, labels) if lab == c]
-            assert abs(in_class.count(s) / len(in_class) - fractions[s]) <= 0.01
