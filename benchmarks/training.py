@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from brain_tumor import train  # noqa: E402
 from brain_tumor.common import load_params, read_csv, seed_everything, write_csv  # noqa: E402
-from brain_tumor.data import load_split  # noqa: E402
+from brain_tumor.data import batch_indices, load_split  # noqa: E402
 from brain_tumor.evaluate import predict  # noqa: E402
 
 
@@ -44,6 +44,19 @@ def subset_split(split_dir: Path, images: int, seed: int, out: Path) -> None:
     write_csv(out / "split_manifest.csv", chosen)
 
 
+class SeededBatches:
+    """A batch sampler giving a new seeded permutation per epoch, exactly as `train.fit` shuffles."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.generator = n, batch_size, torch.Generator().manual_seed(seed)
+
+    def __iter__(self):
+        return iter(batch_indices(self.n, self.batch_size, self.generator))
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+
 def seed_style(kind: str, params: dict, split_dir: Path) -> float:
     """The seed notebook's training loop; returns test accuracy of the best-by-validation-loss weights."""
     from torch.utils.data import DataLoader
@@ -53,8 +66,10 @@ def seed_style(kind: str, params: dict, split_dir: Path) -> float:
     seed_everything(params["seed"])
     tf = transforms.Compose([transforms.Resize((cfg["image_size"], cfg["image_size"])), transforms.ToTensor(),
                              transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
-    loaders = {s: DataLoader(datasets.ImageFolder(split_dir / s, tf), batch_size=cfg["batch_size"], shuffle=s == "train")
-               for s in ("train", "val", "test")}
+    sets = {s: datasets.ImageFolder(split_dir / s, tf) for s in ("train", "val", "test")}
+    loaders = {s: DataLoader(d, batch_size=cfg["batch_size"]) for s, d in sets.items() if s != "train"}
+    # shuffled like our stages (same seeded permutations), so that both sides see the same batches
+    loaders["train"] = DataLoader(sets["train"], batch_sampler=SeededBatches(len(sets["train"]), cfg["batch_size"], params["seed"]))
     model = train.build_model(kind, cfg)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"])
     best, best_state = float("inf"), None

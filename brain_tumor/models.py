@@ -1,6 +1,7 @@
 """The two models: the seed's scratch CNN and MobileNetV2 transfer learning, with offline ImageNet weights."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from pathlib import Path
@@ -81,6 +82,22 @@ class TransferNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(x))
+
+    def inference_embedder(self) -> nn.Module:
+        """A copy of `embed` for inference only, each BatchNorm folded into the conv before it.
+
+        Same function up to float rounding, about a third faster on the CPU (BatchNorm was a third of
+        the frozen backbone's time); the model itself, and so the saved state_dict, is left as it is.
+        """
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        backbone = copy.deepcopy(self.backbone).eval()
+        for block in backbone.modules():
+            if isinstance(block, nn.Sequential):
+                for i in range(len(block) - 1):
+                    if isinstance(block[i], nn.Conv2d) and isinstance(block[i + 1], nn.BatchNorm2d):
+                        block[i], block[i + 1] = fuse_conv_bn_eval(block[i], block[i + 1]), nn.Identity()
+        return nn.Sequential(backbone, self.pool).to(memory_format=torch.channels_last)
 
 
 def sha256_of(path: Path) -> str:

@@ -84,7 +84,6 @@ class Batches:
         return len(self.labels)
 
     def get(self, idx: np.ndarray, device: torch.device, generator: torch.Generator | None = None):
-        idx = np.sort(idx)  # sorted reads are sequential in the memory map; order within a batch is irrelevant
         return self.prepare(self.inputs[idx], generator), torch.from_numpy(self.labels[idx]).to(device)
 
 
@@ -175,14 +174,14 @@ def embed_split(model: TransferNet, split: SplitImages, batch_size: int, device:
     key = hashlib.sha256(f"v1 {split.key} {WEIGHTS_SHA256} {split.images.shape} {MEAN} {STD} {head_kind} {amp}".encode()).hexdigest()[:24]
     path = cache_dir() / f"features-{key}.npy"
     if not path.exists():
-        model.eval().to(device)
-        first = model.embed(to_input(split.images[:1], device))
+        embed = model.inference_embedder().to(device)
+        first = embed(to_input(split.images[:1], device))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(split.labels), first.shape[1]))
         for idx in progress(batch_indices(len(split.labels), batch_size, None), desc, unit="batch"):
             with autocast(device, amp):
-                out[idx] = model.embed(to_input(split.images[idx], device)).float().cpu().numpy()
+                out[idx] = embed(to_input(split.images[idx], device)).float().cpu().numpy()
         out.flush()
         del out
         os.replace(tmp, path)
