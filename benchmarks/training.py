@@ -67,9 +67,12 @@ def seed_style(kind: str, params: dict, split_dir: Path) -> float:
     tf = transforms.Compose([transforms.Resize((cfg["image_size"], cfg["image_size"])), transforms.ToTensor(),
                              transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
     sets = {s: datasets.ImageFolder(split_dir / s, tf) for s in ("train", "val", "test")}
-    loaders = {s: DataLoader(d, batch_size=cfg["batch_size"]) for s, d in sets.items() if s != "train"}
-    # shuffled like our stages (same seeded permutations), so that both sides see the same batches
-    loaders["train"] = DataLoader(sets["train"], batch_sampler=SeededBatches(len(sets["train"]), cfg["batch_size"], params["seed"]))
+    # Shuffled like our stages (same seeded permutations), so that both sides see the same batches; each
+    # loader gets its own generator so that starting an epoch does not draw from the global RNG, which
+    # the head's dropout uses.
+    loaders = {s: DataLoader(d, batch_size=cfg["batch_size"], generator=torch.Generator()) for s, d in sets.items()}
+    loaders["train"] = DataLoader(sets["train"], generator=torch.Generator(),
+                                  batch_sampler=SeededBatches(len(sets["train"]), cfg["batch_size"], params["seed"]))
     model = train.build_model(kind, cfg)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"])
     best, best_state = float("inf"), None
