@@ -230,8 +230,7 @@ def run(kind: str, params: dict, split_dir: Path, model_path: Path, live_dir: Pa
     rank, _ = world()
     amp = autocast_dtype(cfg["precision"], device)
     seed_everything(params["seed"])
-    model = build_model(kind, cfg).to(device)
-    model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPU (oneDNN) and GPU
+    model = build_model(kind, cfg).to(device, memory_format=torch.channels_last)  # faster convolutions (oneDNN, cuDNN)
     train_split = load_split(split_dir, "train", cfg["image_size"])
     val_split = load_split(split_dir, "val", cfg["image_size"])
     if not len(train_split.labels) or not len(val_split.labels):
@@ -240,11 +239,11 @@ def run(kind: str, params: dict, split_dir: Path, model_path: Path, live_dir: Pa
     exact = kind == "transfer" and not cfg["augment"] and cfg["unfreeze_last"] == 0
     cached = exact if feature_cache is None else feature_cache and exact
     if cached:  # train the head alone on features computed once: same result, a fraction of the time
-        features = {s.key: embed_split(model, s, feature_batch, device, amp, desc=f"features {name}")
-                    for name, s in (("train", train_split), ("val", val_split))}
         trainable = model.head
-        train = feature_batches(features[train_split.key], train_split.labels, device)
-        val = feature_batches(features[val_split.key], val_split.labels, device)
+        train = feature_batches(embed_split(model, train_split, feature_batch, device, amp, "features train"),
+                                train_split.labels, device)
+        val = feature_batches(embed_split(model, val_split, feature_batch, device, amp, "features val"),
+                              val_split.labels, device)
     else:
         trainable = model
         train = image_batches(train_split, device, cfg["augment"])
