@@ -11,20 +11,35 @@ import os
 from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from .common import progress, read_csv
+from .common import atomic_write, progress, read_csv
 from .images import resize_rgb
 
+MEAN = STD = (0.5, 0.5, 0.5)  # the seed's Normalize((0.5,)*3, (0.5,)*3)
 
 
 def cache_dir() -> Path:
     """data/cache, or $BRAIN_TUMOR_CACHE (tests and benchmarks keep theirs apart)."""
     return Path(os.environ.get("BRAIN_TUMOR_CACHE", "data/cache"))
 
-MEAN = STD = (0.5, 0.5, 0.5)  # the seed's Normalize((0.5,)*3, (0.5,)*3)
+
+def cached_array(path: Path, shape: tuple[int, ...], dtype: type, fill: Callable[[np.ndarray], None]) -> np.ndarray:
+    """The .npy array at `path`, memory-mapped read-only; built by `fill(array)` first if it is missing.
+
+    Built under a temporary name and renamed, so an interrupted build never leaves a file that looks finished.
+    """
+    if not path.exists():
+        def build(tmp: Path) -> None:
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+            fill(array)
+            array.flush()
+
+        atomic_write(path, build)
+    return np.load(path, mmap_mode="r")
 
 
 @dataclass
@@ -49,20 +64,16 @@ def load_split(split_dir: Path, split: str, image_size: int) -> SplitImages:
     for r in rows:
         digest.update(r["sha256"].encode())
     key = digest.hexdigest()[:24]
-    path = cache_dir() / f"{split}-{image_size}px-{key}.npy"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), image_size, image_size, 3))
+
+    def decode(array: np.ndarray) -> None:
         jobs = [(split_dir / r["file"], image_size) for r in rows]
         with Pool(min(len(jobs), os.cpu_count() or 1) or 1) as pool:
             decoded = pool.imap(_decode_resized, jobs, chunksize=32)
             for i, rgb in enumerate(progress(decoded, f"decode {split}", len(jobs), "img")):
                 array[i] = rgb
-        array.flush()
-        del array
-        os.replace(tmp, path)
-    images = np.load(path, mmap_mode="r")
+
+    images = cached_array(cache_dir() / f"{split}-{image_size}px-{key}.npy", (len(rows), image_size, image_size, 3),
+                          np.uint8, decode)
     labels = np.array([int(r["label"]) for r in rows], dtype=np.int64)
     return SplitImages(images, labels, [r["id"] for r in rows], key)
 

@@ -20,7 +20,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .common import CLASSES, PipelineError, atomic_dir, progress, write_csv, write_json
+from .common import CLASSES, PipelineError, atomic_dir, atomic_write, progress, write_csv, write_json
 from .images import IMAGE_SUFFIXES, RejectedFile, load_rgb, perceptual_hash, pixel_sha256, save_png
 
 SYSTEM_FILES = ("__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini")
@@ -209,9 +209,7 @@ def _decode(args: tuple[Path, Item, Path, int]) -> Decoded:
     out.height, out.width = rgb.shape[:2]
     png = image_dir / f"{out.sha256[:20]}.png"
     if not png.exists():  # exact duplicates decode to the same file name: write it once
-        tmp = png.with_name(f".{png.name}.{os.getpid()}")
-        save_png(rgb, tmp)
-        os.replace(tmp, png)
+        atomic_write(png, lambda tmp: save_png(rgb, tmp))
     return out
 
 

@@ -63,6 +63,7 @@ class TransferNet(nn.Module):
             )
         else:
             raise PipelineError(f"train_transfer.head: {head!r} is not 'linear' or 'mlp'")
+        self.embed_width = next(m for m in self.head if isinstance(m, nn.Linear)).in_features  # what `embed` returns
         n_blocks = len(self.backbone)
         if not 0 <= unfreeze_last <= n_blocks:
             raise PipelineError(f"train_transfer.unfreeze_last: {unfreeze_last} is not between 0 and {n_blocks}")

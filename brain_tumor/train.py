@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import CLASSES, PipelineError, atomic_write, progress, seed_everything
-from .data import MEAN, STD, SplitImages, batch_indices, cache_dir, load_split, to_input
+from .data import MEAN, STD, SplitImages, batch_indices, cache_dir, cached_array, load_split, to_input
 from .models import WEIGHTS_SHA256, ScratchCNN, TransferNet, load_imagenet_backbone, resolve_weights
 
 
@@ -168,24 +168,18 @@ def embed_split(model: TransferNet, split: SplitImages, batch_size: int, device:
                 amp: torch.dtype | None, desc: str = "features") -> np.ndarray:
     """The frozen backbone's output for every image of a split, cached on disk as float32.
 
-    Key: the split's pixels, the weights' sha256, image size, normalisation, head input kind and precision.
+    Key: the split's pixels, the weights' sha256, image size, normalisation, head input width and precision.
     """
-    head_kind = type(model.pool[-1]).__name__ + str(len(model.pool))
-    key = hashlib.sha256(f"v1 {split.key} {WEIGHTS_SHA256} {split.images.shape} {MEAN} {STD} {head_kind} {amp}".encode()).hexdigest()[:24]
-    path = cache_dir() / f"features-{key}.npy"
-    if not path.exists():
+    width = model.embed_width
+    key = hashlib.sha256(f"v2 {split.key} {WEIGHTS_SHA256} {split.images.shape} {MEAN} {STD} {width} {amp}".encode())
+
+    def fill(out: np.ndarray) -> None:
         embed = model.inference_embedder().to(device)
-        first = embed(to_input(split.images[:1], device))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(split.labels), first.shape[1]))
         for idx in progress(batch_indices(len(split.labels), batch_size, None), desc, unit="batch"):
             with autocast(device, amp):
                 out[idx] = embed(to_input(split.images[idx], device)).float().cpu().numpy()
-        out.flush()
-        del out
-        os.replace(tmp, path)
-    return np.load(path, mmap_mode="r")
+
+    return cached_array(cache_dir() / f"features-{key.hexdigest()[:24]}.npy", (len(split.labels), width), np.float32, fill)
 
 
 # ---------------------------------------------------------------- the stages
