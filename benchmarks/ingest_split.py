@@ -3,16 +3,15 @@
 Prints wall time, files/s, peak RSS of the main process and of the largest worker, and the data report.
 Usage: python benchmarks/ingest_split.py [DATASET_DIR]
 """
+
 import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from brain_tumor import ingest, split  # noqa: E402
-from brain_tumor.common import load_params  # noqa: E402
+from brain_tumor import ingest, split
+from brain_tumor.common import load_params
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-tumor-mri"
 
@@ -21,15 +20,20 @@ def main() -> None:
     source = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     data = params["data"]
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         start = time.perf_counter()
-        report = ingest.ingest(source, tmp / "dataset", labels=data["labels"],
-                               near_duplicate_distance=data["near_duplicate_distance"],
-                               max_reject_fraction=data["max_reject_fraction"], max_pixels=data["max_image_pixels"],
-                               processes=2)
+        report = ingest.ingest_folder(
+            source,
+            tmp / "dataset",
+            labels=data["labels"],
+            near_duplicate_distance=data["near_duplicate_distance"],
+            max_reject_fraction=data["max_reject_fraction"],
+            max_pixels=data["max_image_pixels"],
+            processes=2,
+        )
         ingested = time.perf_counter()
-        split_report = split.run(params, tmp / "dataset", tmp / "split", tmp / "split.json", tmp / "people")
+        split_report = split.split_dataset(params, tmp / "dataset", tmp / "split", tmp / "split.json", tmp / "people")
         done = time.perf_counter()
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -39,10 +43,13 @@ def main() -> None:
     print(f"split:  {done - ingested:.1f} s")
     print(f"total:  {done - start:.1f} s, {n / (done - start):.0f} files/s")
     print(f"peak RSS: main process {own:.0f} MiB, largest worker {workers:.0f} MiB")
-    print(f"report: accepted {report['accepted']}, exact duplicates {report['duplicates']}, rejected {report['rejected']} "
-          f"{report['rejected_by_reason']}, duplicate groups {report['duplicate_groups']} "
-          f"({report['files_in_duplicate_groups']} files, largest {report['largest_duplicate_group']}), "
-          f"label conflicts {report['label_conflict_groups']}")
+    print(
+        f"report: accepted {report['accepted']}, exact duplicates {report['duplicates']}, "
+        f"rejected {report['rejected']} "
+        f"{report['rejected_by_reason']}, duplicate groups {report['duplicate_groups']} "
+        f"({report['files_in_duplicate_groups']} files, largest {report['largest_duplicate_group']}), "
+        f"label conflicts {report['label_conflict_groups']}"
+    )
     print("split:  " + ", ".join(f"{s} {split_report[s]}" for s in split.SPLITS))
 
 

@@ -4,7 +4,7 @@ Baseline (the seed notebook's loop): torchvision ImageFolder + DataLoader, JPEG/
 Normalize on every image in every epoch, the full model forward every epoch, batch 16, Adam 1e-4, 20
 epochs, best by validation loss. (Unlike the seed, its frozen backbone keeps BatchNorm in eval mode and
 validation runs in eval mode, so that both sides train the same model and accuracies are comparable.)
-Ours: `brain_tumor.train.run`, the code of the train-* stages, with an empty cache, so decoding and the
+Ours: `brain_tumor.train.train_model`, the code of the train-* stages, with an empty cache, so decoding and the
 feature pass are paid inside the measured time.
 
 Each run happens in its own process, so its peak RSS is its own. Also prints the raw MobileNetV2
@@ -12,25 +12,23 @@ feature throughput of this machine, to compare our feature pass against.
 
 Usage: python benchmarks/training.py [--split data/split] [--images 600] [--models scratch,transfer]
 """
+
 import argparse
 import multiprocessing as mp
 import os
 import resource
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from brain_tumor import train  # noqa: E402
-from brain_tumor.common import load_params, read_csv, seed_everything, write_csv  # noqa: E402
-from brain_tumor.data import batch_indices, load_split  # noqa: E402
-from brain_tumor.evaluate import predict  # noqa: E402
+from brain_tumor import train
+from brain_tumor.common import load_params, read_csv, seed_everything, write_csv
+from brain_tumor.data import batch_indices, load_split
+from brain_tumor.evaluate import predict
 
 
 def subset_split(split_dir: Path, images: int, seed: int, out: Path) -> None:
@@ -54,7 +52,7 @@ class SeededBatches:
         return iter(batch_indices(self.n, self.batch_size, self.generator))
 
     def __len__(self) -> int:
-        return -(-self.n // self.batch_size)
+        return (self.n + self.batch_size - 1) // self.batch_size
 
 
 def seed_style(kind: str, params: dict, split_dir: Path) -> float:
@@ -64,15 +62,23 @@ def seed_style(kind: str, params: dict, split_dir: Path) -> float:
 
     cfg = params[f"train_{kind}"]
     seed_everything(params["seed"])
-    tf = transforms.Compose([transforms.Resize((cfg["image_size"], cfg["image_size"])), transforms.ToTensor(),
-                             transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+    tf = transforms.Compose(
+        [
+            transforms.Resize((cfg["image_size"], cfg["image_size"])),
+            transforms.ToTensor(),
+            transforms.Normalize((0.5,) * 3, (0.5,) * 3),
+        ]
+    )
     sets = {s: datasets.ImageFolder(split_dir / s, tf) for s in ("train", "val", "test")}
     # Shuffled like our stages (same seeded permutations), so that both sides see the same batches; each
     # loader gets its own generator so that starting an epoch does not draw from the global RNG, which
     # the head's dropout uses.
     loaders = {s: DataLoader(d, batch_size=cfg["batch_size"], generator=torch.Generator()) for s, d in sets.items()}
-    loaders["train"] = DataLoader(sets["train"], generator=torch.Generator(),
-                                  batch_sampler=SeededBatches(len(sets["train"]), cfg["batch_size"], params["seed"]))
+    loaders["train"] = DataLoader(
+        sets["train"],
+        generator=torch.Generator(),
+        batch_sampler=SeededBatches(len(sets["train"]), cfg["batch_size"], params["seed"]),
+    )
     model = train.build_model(kind, cfg)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"])
     best, best_state = float("inf"), None
@@ -84,7 +90,9 @@ def seed_style(kind: str, params: dict, split_dir: Path) -> float:
             optimizer.step()
         model.eval()
         with torch.no_grad():
-            val_loss = sum(torch.nn.functional.cross_entropy(model(x), y, reduction="sum").item() for x, y in loaders["val"])
+            val_loss = sum(
+                torch.nn.functional.cross_entropy(model(x), y, reduction="sum").item() for x, y in loaders["val"]
+            )
         if val_loss < best:
             best, best_state = val_loss, {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
@@ -96,7 +104,7 @@ def seed_style(kind: str, params: dict, split_dir: Path) -> float:
 
 def ours(kind: str, params: dict, split_dir: Path, work: Path) -> float:
     os.environ["BRAIN_TUMOR_CACHE"] = str(work / "cache")
-    train.run(kind, params, split_dir, work / f"{kind}.pt", work / f"live_{kind}")
+    train.train_model(kind, params, split_dir, work / f"{kind}.pt", work / f"live_{kind}")
     model, meta = train.load_trained(work / f"{kind}.pt")
     test = load_split(split_dir, "test", meta["image_size"])
     return float(((predict(model, test.images, 64) >= 0.5) == test.labels).mean())
@@ -149,14 +157,20 @@ def main() -> None:
     ap.add_argument("--split", type=Path, default=Path("data/split"))
     ap.add_argument("--images", type=int, default=600, help="images taken from the split (all three parts)")
     ap.add_argument("--models", default="transfer,scratch")
-    ap.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
-                    help="also time the seed-style baseline (--no-baseline: ours only, e.g. for RSS at other sizes)")
+    ap.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the seed-style baseline (--no-baseline: ours only, e.g. for RSS at other sizes)",
+    )
     args = ap.parse_args()
     params = load_params()
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"cuda {torch.cuda.is_available()}")
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    print(
+        f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"cuda {torch.cuda.is_available()}"
+    )
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         subset_split(args.split, args.images, params["seed"], tmp / "split")
         counts = {s: len(list((tmp / "split" / s).rglob("*.png"))) for s in ("train", "val", "test")}
         print(f"data: {counts} from {args.split}; params: params.yaml")
@@ -164,22 +178,32 @@ def main() -> None:
             cfg = params[f"train_{kind}"]
             per_epoch = counts["train"] + counts["val"]
             our_acc, our_s, our_rss = measure(ours, kind, params, tmp / "split", tmp / kind)
-            print(f"{kind}: ours       {our_s:.1f} s ({per_epoch * cfg['epochs'] / our_s:.1f} img/s), "
-                  f"peak RSS {our_rss:.0f} MiB, test acc {our_acc:.4f}", flush=True)
+            print(
+                f"{kind}: ours       {our_s:.1f} s ({per_epoch * cfg['epochs'] / our_s:.1f} img/s), "
+                f"peak RSS {our_rss:.0f} MiB, test acc {our_acc:.4f}",
+                flush=True,
+            )
             if args.baseline:
                 base_acc, base_s, base_rss = measure(seed_style, kind, params, tmp / "split")
-                print(f"{kind}: seed-style {base_s:.1f} s ({per_epoch * cfg['epochs'] / base_s:.1f} img/s), "
-                      f"peak RSS {base_rss:.0f} MiB, test acc {base_acc:.4f}")
-                print(f"{kind}: speed-up {base_s / our_s:.1f}x, accuracy difference {100 * (our_acc - base_acc):+.2f} points",
-                      flush=True)
+                print(
+                    f"{kind}: seed-style {base_s:.1f} s ({per_epoch * cfg['epochs'] / base_s:.1f} img/s), "
+                    f"peak RSS {base_rss:.0f} MiB, test acc {base_acc:.4f}"
+                )
+                print(
+                    f"{kind}: speed-up {base_s / our_s:.1f}x, "
+                    f"accuracy difference {100 * (our_acc - base_acc):+.2f} points",
+                    flush=True,
+                )
         if "transfer" in args.models:
             size = params["train_transfer"]["image_size"]
             raw, _, _ = measure(raw_backbone_throughput, size)
             (fp32, f32), _, _ = measure(feature_pass, params, tmp / "split", tmp / "feat", "fp32")
             (bf16, fbf), _, _ = measure(feature_pass, params, tmp / "split", tmp / "feat", "bf16")
             rel = np.abs(fbf - f32).max() / np.abs(f32).max()
-            print(f"backbone: raw {raw:.1f} img/s; our feature pass fp32 {fp32:.1f} img/s ({fp32 / raw:.0%} of raw), "
-                  f"bf16 autocast {bf16:.1f} img/s (max deviation {rel:.1%} of the largest feature)")
+            print(
+                f"backbone: raw {raw:.1f} img/s; our feature pass fp32 {fp32:.1f} img/s ({fp32 / raw:.0%} of raw), "
+                f"bf16 autocast {bf16:.1f} img/s (max deviation {rel:.1%} of the largest feature)"
+            )
 
 
 if __name__ == "__main__":

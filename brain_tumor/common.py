@@ -1,18 +1,20 @@
-"""Helpers every stage uses: params, seeds, one-line errors, atomic outputs."""
+"""Helpers every stage uses: params, seeds, one-line errors, atomic outputs, tables."""
+
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 import random
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import yaml
 
 CLASSES = ("non_tumor", "tumor")  # index = label, as ImageFolder orders the class folders
@@ -78,7 +80,16 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n"))
+    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def write_table(path: str | Path, table: pd.DataFrame) -> None:
+    atomic_write(path, lambda p: table.to_csv(p, index=False))
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A CSV this pipeline wrote; ids and hashes stay strings (a hex id like '1e5' is not a number)."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
 def progress(iterable, desc: str, total: int | None = None, unit: str = "it"):
@@ -86,18 +97,3 @@ def progress(iterable, desc: str, total: int | None = None, unit: str = "it"):
     from tqdm import tqdm
 
     return tqdm(iterable, desc=desc, total=total, unit=unit, disable=None, dynamic_ncols=True)
-
-
-def write_csv(path: str | Path, rows: list[dict]) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["id"])
-            writer.writeheader()
-            writer.writerows(rows)
-
-    atomic_write(path, write)
-
-
-def read_csv(path: str | Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))

@@ -4,19 +4,20 @@ The cache lives in data/cache/ (not a DVC output: it is a pure function of its k
 and is keyed by the split's image hashes and the image size, so a changed split or size never reads
 stale pixels.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from .common import atomic_write, progress, read_csv
+from .common import atomic_write, progress, read_table
 from .images import resize_rgb
 
 MEAN = STD = (0.5, 0.5, 0.5)  # the seed's Normalize((0.5,)*3, (0.5,)*3)
@@ -33,6 +34,7 @@ def cached_array(path: Path, shape: tuple[int, ...], dtype: type, fill: Callable
     Built under a temporary name and renamed, so an interrupted build never leaves a file that looks finished.
     """
     if not path.exists():
+
         def build(tmp: Path) -> None:
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
             fill(array)
@@ -59,23 +61,23 @@ def _decode_resized(args: tuple[Path, int]) -> np.ndarray:
 
 
 def load_split(split_dir: Path, split: str, image_size: int) -> SplitImages:
-    rows = [r for r in read_csv(split_dir / "split_manifest.csv") if r["split"] == split]
+    rows = read_table(split_dir / "split_manifest.csv").query("split == @split")
     digest = hashlib.sha256(f"v1 {split} {image_size}".encode())
-    for r in rows:
-        digest.update(r["sha256"].encode())
+    for sha in rows["sha256"]:
+        digest.update(sha.encode())
     key = digest.hexdigest()[:24]
 
     def decode(array: np.ndarray) -> None:
-        jobs = [(split_dir / r["file"], image_size) for r in rows]
+        jobs = [(split_dir / f, image_size) for f in rows["file"]]
         with Pool(min(len(jobs), os.cpu_count() or 1) or 1) as pool:
             decoded = pool.imap(_decode_resized, jobs, chunksize=32)
             for i, rgb in enumerate(progress(decoded, f"decode {split}", len(jobs), "img")):
                 array[i] = rgb
 
-    images = cached_array(cache_dir() / f"{split}-{image_size}px-{key}.npy", (len(rows), image_size, image_size, 3),
-                          np.uint8, decode)
-    labels = np.array([int(r["label"]) for r in rows], dtype=np.int64)
-    return SplitImages(images, labels, [r["id"] for r in rows], key)
+    images = cached_array(
+        cache_dir() / f"{split}-{image_size}px-{key}.npy", (len(rows), image_size, image_size, 3), np.uint8, decode
+    )
+    return SplitImages(images, rows["label"].astype(np.int64).to_numpy(), rows["id"].tolist(), key)
 
 
 def to_input(batch: np.ndarray, device: torch.device) -> torch.Tensor:

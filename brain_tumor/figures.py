@@ -1,4 +1,5 @@
 """PNG figures for people: confusion matrices, ROC curves, prediction grids, class balance and samples."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,10 +7,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from .common import CLASSES  # noqa: E402
+from .common import CLASSES
 
 
 def _save(fig, path: Path) -> None:
@@ -19,42 +20,35 @@ def _save(fig, path: Path) -> None:
 
 
 def confusion_figure(y: np.ndarray, pred: np.ndarray, title: str, path: Path) -> None:
-    matrix = np.zeros((2, 2), dtype=int)
-    np.add.at(matrix, (y, pred), 1)
+    from sklearn.metrics import ConfusionMatrixDisplay
+
     fig, ax = plt.subplots(figsize=(4, 3.6))
-    ax.imshow(matrix, cmap="Blues")
-    for (i, j), v in np.ndenumerate(matrix):
-        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > matrix.max() / 2 else "black", fontsize=14)
-    ax.set_xticks([0, 1], CLASSES)
-    ax.set_yticks([0, 1], CLASSES)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
+    ConfusionMatrixDisplay.from_predictions(
+        y, pred, labels=[0, 1], display_labels=CLASSES, cmap="Blues", colorbar=False, ax=ax
+    )
     ax.set_title(title)
     _save(fig, path)
 
 
 def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
+    """One ROC curve per model; sklearn's curve, so it agrees with the reported ROC AUC (ties as one step)."""
+    from sklearn.metrics import RocCurveDisplay
+
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    for name, (y, score) in curves.items():
-        order = np.argsort(-score, kind="mergesort")
-        tps, fps = np.cumsum(y[order] == 1), np.cumsum(y[order] == 0)
-        tpr = np.concatenate([[0], tps / max(tps[-1], 1)])
-        fpr = np.concatenate([[0], fps / max(fps[-1], 1)])
-        ax.plot(fpr, tpr, label=name)
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    for i, (name, (y, score)) in enumerate(curves.items()):
+        RocCurveDisplay.from_predictions(y, score, name=name, ax=ax, plot_chance_level=i == 0)
     ax.set_xlabel("false positive rate (1 - specificity)")
     ax.set_ylabel("true positive rate (sensitivity)")
     ax.set_title("ROC on the test split")
-    ax.legend()
     _save(fig, path)
 
 
-def prediction_grid(runs: dict, n_images: int, seed: int, path: Path) -> None:
+def prediction_grid(outcomes: dict, n_images: int, seed: int, path: Path) -> None:
     """Test images titled with the true class and each model's prediction (red when any is wrong).
 
-    `runs` maps model name -> evaluate.TestPredictions; all hold the same test split in the same order.
+    `outcomes` maps model name -> evaluate.TestPredictions; all hold the same test split in the same order.
     """
-    first = next(iter(runs.values()))
+    first = next(iter(outcomes.values()))
     labels, images = first.labels, first.images
     n = min(n_images, len(labels))
     pick = np.sort(np.random.default_rng(seed).choice(len(labels), n, replace=False))
@@ -63,10 +57,10 @@ def prediction_grid(runs: dict, n_images: int, seed: int, path: Path) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, i in zip(axes.ravel(), pick):
+    for ax, i in zip(axes.ravel(), pick, strict=False):
         ax.imshow(images[i])
-        wrong = any(run.predicted[i] != labels[i] for run in runs.values())
-        guesses = ", ".join(f"{name}: {CLASSES[run.predicted[i]]}" for name, run in runs.items())
+        wrong = any(o.predicted[i] != labels[i] for o in outcomes.values())
+        guesses = ", ".join(f"{name}: {CLASSES[o.predicted[i]]}" for name, o in outcomes.items())
         ax.set_title(f"true: {CLASSES[labels[i]]}\n{guesses}", fontsize=8, color="red" if wrong else "black")
     _save(fig, path)
 

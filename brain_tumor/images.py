@@ -1,4 +1,5 @@
 """Decode any common scan file into 8-bit RGB, and fingerprint it for duplicate detection."""
+
 from __future__ import annotations
 
 import hashlib
@@ -33,10 +34,9 @@ def load_rgb(path: str | Path, max_pixels: int) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(path) as img:
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return _to_rgb(img)
+            with Image.open(path) as opened:
+                opened.load()
+                return _to_rgb(ImageOps.exif_transpose(opened))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise RejectedFile("decompression_bomb", str(err).split(".")[0]) from None
         except UnidentifiedImageError:

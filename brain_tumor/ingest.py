@@ -6,21 +6,21 @@ Layouts: the Kaggle "Brain Tumor" layout (a CSV with `Image` and `Class` at the 
 images anywhere below it) and class-folder trees of any depth whose folder names map to a class through
 `data.labels`. Either as a folder or a `.zip`.
 """
+
 from __future__ import annotations
 
-import csv
 import os
 import tempfile
 import zipfile
-from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from multiprocessing import Pool
 from pathlib import Path, PurePosixPath
-from typing import Iterable
 
 import numpy as np
+import pandas as pd
 
-from .common import CLASSES, PipelineError, atomic_dir, atomic_write, progress, write_csv, write_json
+from .common import CLASSES, PipelineError, atomic_dir, atomic_write, progress, write_json, write_table
 from .images import IMAGE_SUFFIXES, RejectedFile, load_rgb, perceptual_hash, pixel_sha256, save_png
 
 SYSTEM_FILES = ("__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini")
@@ -75,8 +75,19 @@ def safe_extract(archive: Path, target: Path, max_bytes: int) -> list[Item]:
             name = member.filename
             is_symlink = (member.external_attr >> 16) & 0o170000 == 0o120000
             dest = (target / name).resolve()
-            if is_symlink or PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts or not dest.is_relative_to(root):
-                refused.append(Item(name, reason="unsafe_zip_entry", detail="symlink" if is_symlink else "path escapes the archive root"))
+            if (
+                is_symlink
+                or PurePosixPath(name).is_absolute()
+                or ".." in PurePosixPath(name).parts
+                or not dest.is_relative_to(root)
+            ):
+                refused.append(
+                    Item(
+                        name,
+                        reason="unsafe_zip_entry",
+                        detail="symlink" if is_symlink else "path escapes the archive root",
+                    )
+                )
                 continue
             dest.parent.mkdir(parents=True, exist_ok=True)
             with zf.open(member) as src, open(dest, "wb") as out:
@@ -107,16 +118,26 @@ def list_files(root: Path) -> list[PurePosixPath]:
     return files
 
 
-def _read_csv_header(path: Path) -> list[str]:
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-        return [c.strip() for c in next(csv.reader(f), [])]
+def read_label_table(path: Path) -> pd.DataFrame:
+    """A label CSV as strings: UTF-8 (with or without BOM) or Latin-1, delimiter sniffed (`,`, `;`, tab)."""
+    for encoding in ("utf-8-sig", "latin-1"):
+        try:
+            table = pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False, encoding=encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
+            raise PipelineError(f"{path}: not a readable CSV table ({str(err).splitlines()[0]})") from None
+    table.columns = [str(c).strip() for c in table.columns]
+    return table
 
 
 def find_label_csv(root: Path, files: list[PurePosixPath]) -> PurePosixPath | None:
     """The Kaggle label table: a CSV at the root or one level down with `Image` and `Class` columns."""
     candidates = [f for f in files if f.suffix.lower() == ".csv" and len(f.parts) <= 2 and not _is_system_file(f)]
-    with_image = [f for f in candidates if "Image" in _read_csv_header(root / f)]
-    with_class = [f for f in with_image if "Class" in _read_csv_header(root / f)]
+    columns = {f: set(read_label_table(root / f).columns) for f in candidates}
+    with_image = [f for f in candidates if "Image" in columns[f]]
+    with_class = [f for f in with_image if "Class" in columns[f]]
     if with_class:
         return with_class[0]
     if with_image:
@@ -134,18 +155,17 @@ def kaggle_items(root: Path, files: list[PurePosixPath], table: PurePosixPath) -
             by_name.setdefault(f.stem.lower(), f)
     items: list[Item] = []
     listed: set[PurePosixPath] = set()
-    with open(root / table, newline="", encoding="utf-8-sig") as f:
-        for row in csv.DictReader(f):
-            name, raw_label = (row.get("Image") or "").strip(), (row.get("Class") or "").strip()
-            path = by_name.get(name.lower())
-            if path is None:
-                items.append(Item(f"{table}:{name}", reason="missing_file", detail="listed in the CSV, no such image"))
-                continue
-            listed.add(path)
-            if raw_label not in ("0", "1"):
-                items.append(Item(path.as_posix(), reason="bad_label", detail=f"Class {raw_label!r} is not 0 or 1"))
-            else:
-                items.append(Item(path.as_posix(), label=int(raw_label)))
+    rows = read_label_table(root / table)
+    for name, raw_label in zip(rows["Image"].str.strip(), rows["Class"].str.strip(), strict=True):
+        path = by_name.get(name.lower())
+        if path is None:
+            items.append(Item(f"{table}:{name}", reason="missing_file", detail="listed in the CSV, no such image"))
+            continue
+        listed.add(path)
+        if raw_label not in ("0", "1"):
+            items.append(Item(path.as_posix(), reason="bad_label", detail=f"Class {raw_label!r} is not 0 or 1"))
+        else:
+            items.append(Item(path.as_posix(), label=int(raw_label)))
     for f in files:
         if f not in listed and f not in tables and not _is_system_file(f):
             items.append(Item(f.as_posix(), reason="not_in_csv", detail=f"not listed in {table}"))
@@ -226,34 +246,32 @@ def decode_all(root: Path, items: list[Item], image_dir: Path, max_pixels: int, 
 
 
 def near_duplicate_groups(hashes: np.ndarray, max_distance: int) -> np.ndarray:
-    """Union-find over pairs whose 64-bit perceptual hashes differ in at most `max_distance` bits.
+    """Connected components of the graph joining hashes at most `max_distance` bits apart.
 
-    Returns a group index per hash (the smallest member index). Pairs are compared one row against all
-    later rows, so memory stays O(n).
+    Returns a group index per hash (the smallest member index). Each row is compared against all later
+    rows in numpy, so memory stays O(n) plus the edges found.
     """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     n = len(hashes)
-    parent = np.arange(n)
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    if max_distance >= 0:
+    pairs = [np.empty(0, dtype=np.int64)] * 2
+    if max_distance >= 0 and n > 1:
+        rows, cols = [], []
         for i in range(n - 1):
             close = np.flatnonzero(np.bitwise_count(hashes[i + 1 :] ^ hashes[i]) <= max_distance) + i + 1
-            for j in close:
-                a, b = find(i), find(int(j))
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
-    return np.array([find(i) for i in range(n)])
+            rows.append(np.full(len(close), i))
+            cols.append(close)
+        pairs = [np.concatenate(rows), np.concatenate(cols)]
+    graph = coo_matrix((np.ones(len(pairs[0])), (pairs[0], pairs[1])), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    return pd.Series(np.arange(n)).groupby(component).transform("min").to_numpy()
 
 
 # ---------------------------------------------------------------- the stage
 
 
-def ingest(
+def ingest_folder(
     root: Path,
     out_dir: Path,
     *,
@@ -274,54 +292,54 @@ def ingest(
     with atomic_dir(out_dir) as tmp:
         image_dir = tmp / "images"
         image_dir.mkdir()
-        decoded = decode_all(root, items, image_dir, max_pixels, processes)
+        decoded = pd.DataFrame([asdict(d) for d in decode_all(root, items, image_dir, max_pixels, processes)])
+        decoded = decoded.sort_values("source", kind="stable", ignore_index=True)
 
-        # exact duplicates: one canonical image per pixel hash, first source (sorted) wins
-        good = sorted((d for d in decoded if not d.reason), key=lambda d: d.source)
-        first_of_sha: dict[str, Decoded] = {}
-        for d in good:
-            first_of_sha.setdefault(d.sha256, d)
-        unique = list(first_of_sha.values())
-        groups = near_duplicate_groups(np.array([d.phash for d in unique], dtype=np.uint64), near_duplicate_distance)
-        group_of_sha = {d.sha256: int(g) for d, g in zip(unique, groups)}
+        # exact duplicates: one canonical image per pixel hash, the first source (sorted) wins
+        good = decoded["reason"].isna()
+        canonical = good & ~decoded["sha256"].where(good).duplicated()
+        unique = decoded[canonical]
+        groups = near_duplicate_groups(unique["phash"].to_numpy(dtype=np.uint64), near_duplicate_distance)
+        group_of_sha = pd.Series(groups, index=unique["sha256"])
+        decoded["group"] = decoded["sha256"].map(group_of_sha)
 
-        labels_of_group: dict[int, set[int]] = {}
-        for d in good:
-            labels_of_group.setdefault(group_of_sha[d.sha256], set()).add(d.label)
-        conflicts = {g for g, s in labels_of_group.items() if len(s) > 1}
-        for d in good:
-            if group_of_sha[d.sha256] in conflicts:
-                d.reason, d.detail = "label_conflict", "duplicate images with different labels"
-
-        manifest, files_rows = [], []
-        for d in sorted(decoded, key=lambda d: d.source):
-            if d.reason:
-                status = "rejected"
-            elif first_of_sha[d.sha256] is d:
-                status = "accepted"
-            else:
-                status = "duplicate"
-            image_id = d.sha256[:20] if d.sha256 else ""
-            files_rows.append({"source": d.source, "status": status, "reason": d.reason or "", "detail": d.detail, "id": image_id})
-            if status == "accepted":
-                manifest.append({
-                    "id": image_id, "file": f"images/{image_id}.png", "label": d.label, "class": CLASSES[d.label],
-                    "group": f"g{group_of_sha[d.sha256]:06d}", "width": d.width, "height": d.height,
-                    "sha256": d.sha256, "phash": f"{d.phash:016x}", "source": d.source,
-                })
-        for sha in {d.sha256 for d in good if d.reason == "label_conflict"}:
+        # groups whose members disagree on the label are set aside: neither class can claim them
+        conflicts = decoded[good].groupby("group")["label"].nunique().loc[lambda n: n > 1].index
+        conflicted = good & decoded["group"].isin(conflicts)
+        decoded.loc[conflicted, ["reason", "detail"]] = ["label_conflict", "duplicate images with different labels"]
+        for sha in decoded.loc[conflicted, "sha256"].unique():
             (image_dir / f"{sha[:20]}.png").unlink(missing_ok=True)
 
-        report = _report(files_rows, manifest, len(conflicts), system_files, source_name or str(root))
-        if not manifest:
+        decoded["status"] = np.select([decoded["reason"].notna(), canonical], ["rejected", "accepted"], "duplicate")
+        decoded["id"] = decoded["sha256"].str[:20]
+        files = decoded[["source", "status", "reason", "detail", "id"]].fillna({"reason": ""})
+        accepted = decoded[decoded["status"] == "accepted"]
+        manifest = pd.DataFrame(
+            {
+                "id": accepted["id"],
+                "file": "images/" + accepted["id"] + ".png",
+                "label": accepted["label"].astype(int),
+                "class": np.array(CLASSES)[accepted["label"].astype(int)],
+                "group": accepted["group"].map("g{:06.0f}".format),
+                "width": accepted["width"],
+                "height": accepted["height"],
+                "sha256": accepted["sha256"],
+                "phash": accepted["phash"].map("{:016x}".format),
+                "source": accepted["source"],
+            }
+        )
+
+        report = data_report(files, manifest, len(conflicts), system_files, source_name or str(root))
+        if manifest.empty:
             raise PipelineError(f"{source_name or root}: no usable image ({_reasons_text(report)})")
         if report["rejected_fraction"] > max_reject_fraction:
             raise PipelineError(
                 f"{source_name or root}: {report['rejected']} of {report['files_seen']} files rejected "
-                f"({report['rejected_fraction']:.1%} > data.max_reject_fraction {max_reject_fraction:.1%}): {_reasons_text(report)}"
+                f"({report['rejected_fraction']:.1%} > data.max_reject_fraction {max_reject_fraction:.1%}): "
+                f"{_reasons_text(report)}"
             )
-        write_csv(tmp / "manifest.csv", manifest)
-        write_csv(tmp / "files.csv", files_rows)
+        write_table(tmp / "manifest.csv", manifest)
+        write_table(tmp / "files.csv", files)
         write_json(tmp / "report.json", report)
     return report
 
@@ -330,28 +348,30 @@ def _reasons_text(report: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in report["rejected_by_reason"].items()) or "no files"
 
 
-def _report(files_rows: list[dict], manifest: list[dict], conflict_groups: int, system_files: int, source: str) -> dict:
-    status = Counter(r["status"] for r in files_rows)
-    reasons = Counter(r["reason"] for r in files_rows if r["status"] == "rejected")
-    copies = Counter(r["id"] for r in files_rows if r["status"] == "duplicate")
-    files_per_group = Counter()
-    for m in manifest:
-        files_per_group[m["group"]] += 1 + copies[m["id"]]
-    seen = len(files_rows)
+def data_report(
+    files: pd.DataFrame, manifest: pd.DataFrame, conflict_groups: int, system_files: int, source: str
+) -> dict:
+    """Counts for metrics/ingest.json and the data report: files by fate, reasons, duplicate groups, classes."""
+    status = files["status"].value_counts()
+    reasons = files.loc[files["status"] == "rejected", "reason"].value_counts().sort_index()
+    copies = files.loc[files["status"] == "duplicate", "id"].value_counts()
+    files_per_group = (1 + manifest["id"].map(copies).fillna(0)).groupby(manifest["group"]).sum().astype(int)
+    in_groups = files_per_group[files_per_group > 1]
+    seen = len(files)
     return {
         "source": source,
         "files_seen": seen,
-        "accepted": status["accepted"],
-        "duplicates": status["duplicate"],
-        "rejected": status["rejected"],
-        "rejected_fraction": round(status["rejected"] / seen, 6) if seen else 0.0,
-        "rejected_by_reason": dict(sorted(reasons.items())),
+        "accepted": int(status.get("accepted", 0)),
+        "duplicates": int(status.get("duplicate", 0)),
+        "rejected": int(status.get("rejected", 0)),
+        "rejected_fraction": round(int(status.get("rejected", 0)) / seen, 6) if seen else 0.0,
+        "rejected_by_reason": {k: int(v) for k, v in reasons.items()},
         "system_files_skipped": system_files,
-        "duplicate_groups": sum(1 for n in files_per_group.values() if n > 1),
-        "files_in_duplicate_groups": sum(n for n in files_per_group.values() if n > 1),
-        "largest_duplicate_group": max(files_per_group.values(), default=0),
+        "duplicate_groups": len(in_groups),
+        "files_in_duplicate_groups": int(in_groups.sum()),
+        "largest_duplicate_group": int(files_per_group.max()) if len(files_per_group) else 0,
         "label_conflict_groups": conflict_groups,
-        "per_class": {c: sum(1 for m in manifest if m["class"] == c) for c in CLASSES},
+        "per_class": {c: int((manifest["class"] == c).sum()) for c in CLASSES},
     }
 
 
@@ -371,11 +391,11 @@ def open_source(source: str, raw_dir: Path, workdir: Path, max_bytes: int) -> tu
     raise PipelineError(f"data.source: {source!r} is neither a folder nor a .zip archive")
 
 
-def run(params: dict, raw_dir: Path, out_dir: Path, report_path: Path) -> dict:
+def build_dataset(params: dict, raw_dir: Path, out_dir: Path, report_path: Path) -> dict:
     """The ingest stage: params -> canonical dataset in `out_dir` and the data report at `report_path`."""
     data = params["data"]
-    with tempfile.TemporaryDirectory(prefix="ingest-") as work:
-        work = Path(work)
+    with tempfile.TemporaryDirectory(prefix="ingest-") as work_name:
+        work = Path(work_name)
         source = str(data["source"])
         if source == "synthetic":
             from .synthetic import write_kaggle_layout
@@ -385,10 +405,16 @@ def run(params: dict, raw_dir: Path, out_dir: Path, report_path: Path) -> dict:
             root, refused = work, []
         else:
             root, refused = open_source(source, raw_dir, work, int(data["max_archive_mb"]) * 2**20)
-        report = ingest(
-            root, out_dir, labels=data["labels"], near_duplicate_distance=int(data["near_duplicate_distance"]),
-            max_reject_fraction=float(data["max_reject_fraction"]), max_pixels=int(data["max_image_pixels"]),
-            processes=os.cpu_count() or 1, pre_rejected=refused, source_name=source,
+        report = ingest_folder(
+            root,
+            out_dir,
+            labels=data["labels"],
+            near_duplicate_distance=int(data["near_duplicate_distance"]),
+            max_reject_fraction=float(data["max_reject_fraction"]),
+            max_pixels=int(data["max_image_pixels"]),
+            processes=os.cpu_count() or 1,
+            pre_rejected=refused,
+            source_name=source,
         )
     write_json(report_path, report)
     return report

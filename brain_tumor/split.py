@@ -1,14 +1,15 @@
 """Split: a stratified, seeded train/val/test split that keeps every duplicate group in one split."""
+
 from __future__ import annotations
 
 import json
 import shutil
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from .common import CLASSES, PipelineError, atomic_dir, read_csv, write_csv, write_json
+from .common import CLASSES, PipelineError, atomic_dir, read_table, write_json, write_table
 
 SPLITS = ("train", "val", "test")
 
@@ -48,49 +49,54 @@ def check_fractions(split_params: dict) -> dict[str, float]:
     return fractions
 
 
-def run(params: dict, dataset_dir: Path, out_dir: Path, report_path: Path, people_dir: Path) -> dict:
+def split_dataset(params: dict, dataset_dir: Path, out_dir: Path, report_path: Path, people_dir: Path) -> dict:
     """The split stage: data/dataset -> out_dir/{train,val,test}/{class}/<id>.png + split_manifest.csv."""
     fractions = check_fractions(params["split"])
-    manifest = read_csv(dataset_dir / "manifest.csv")
-    if not manifest:
+    manifest = read_table(dataset_dir / "manifest.csv")
+    if manifest.empty:
         raise PipelineError(f"{dataset_dir / 'manifest.csv'}: no images to split")
-    labels = [int(m["label"]) for m in manifest]
-    groups = [m["group"] if params["split"]["group_duplicates"] else m["id"] for m in manifest]
-    splits = assign_splits(labels, groups, fractions, params["seed"])
-
-    rows = []
+    labels = manifest["label"].astype(int).tolist()
+    groups = (manifest["group"] if params["split"]["group_duplicates"] else manifest["id"]).tolist()
+    manifest["split"] = assign_splits(labels, groups, fractions, params["seed"])
+    manifest["split_order"] = manifest["split"].map(SPLITS.index)
+    rows = manifest.sort_values(["split_order", "label", "id"], kind="stable", ignore_index=True)
+    rows["file"] = rows["split"] + "/" + rows["class"] + "/" + rows["id"] + ".png"
+    rows = rows[["id", "split", "file", "label", "class", "group", "sha256", "source"]]
     with atomic_dir(out_dir) as tmp:
         for split in SPLITS:
             for name in CLASSES:
                 (tmp / split / name).mkdir(parents=True)
-        for m, split in sorted(zip(manifest, splits), key=lambda t: (SPLITS.index(t[1]), t[0]["label"], t[0]["id"])):
-            file = f"{split}/{m['class']}/{m['id']}.png"
-            shutil.copyfile(dataset_dir / m["file"], tmp / file)
-            rows.append({"id": m["id"], "split": split, "file": file, "label": m["label"], "class": m["class"],
-                         "group": m["group"], "sha256": m["sha256"], "source": m["source"]})
-        write_csv(tmp / "split_manifest.csv", rows)
+        for source, file in zip(
+            dataset_dir / manifest.set_index("id").loc[rows["id"], "file"], rows["file"], strict=True
+        ):
+            shutil.copyfile(source, tmp / file)
+        write_table(tmp / "split_manifest.csv", rows)
 
     report = split_report(rows, fractions)
     write_json(report_path, report)
-    write_people_report(json.loads((dataset_dir / "report.json").read_text()), report, rows, out_dir, people_dir, params["seed"])
+    ingest_report = json.loads((dataset_dir / "report.json").read_text())
+    write_people_report(ingest_report, report, rows, out_dir, people_dir, params["seed"])
     return report
 
 
-def split_report(rows: list[dict], fractions: dict[str, float]) -> dict:
-    counts = Counter((r["split"], r["class"]) for r in rows)
-    groups_per = Counter()
-    for g in {(r["group"], r["split"]) for r in rows}:
-        groups_per[g[0]] += 1
-    n = len(rows)
+def split_report(rows: pd.DataFrame, fractions: dict[str, float]) -> dict:
+    counts = pd.crosstab(rows["split"], rows["class"]).reindex(index=SPLITS, columns=CLASSES, fill_value=0)
+    splits_per_group = rows.groupby("group")["split"].nunique()
     return {
-        "images": n,
-        **{s: {c: counts[s, c] for c in CLASSES} | {"fraction": round(sum(counts[s, c] for c in CLASSES) / n, 4)} for s in SPLITS},
-        "groups_in_several_splits": sum(1 for k in groups_per.values() if k > 1),
+        "images": len(rows),
+        **{
+            s: {c: int(counts.loc[s, c]) for c in CLASSES}
+            | {"fraction": round(float(counts.loc[s].sum()) / len(rows), 4)}
+            for s in SPLITS
+        },
+        "groups_in_several_splits": int((splits_per_group > 1).sum()),
         "target": fractions,
     }
 
 
-def write_people_report(ingest: dict, split: dict, rows: list[dict], split_dir: Path, out_dir: Path, seed: int) -> None:
+def write_people_report(
+    ingest: dict, split: dict, rows: pd.DataFrame, split_dir: Path, out_dir: Path, seed: int
+) -> None:
     """reports/data: data_report.md, class_balance.png and samples.png, for a person to read."""
     from .figures import class_balance_figure, samples_figure
 
@@ -99,20 +105,21 @@ def write_people_report(ingest: dict, split: dict, rows: list[dict], split_dir: 
     rng = np.random.default_rng(seed)
     samples = {}
     for name in CLASSES:
-        files = [split_dir / r["file"] for r in rows if r["class"] == name]
+        files = [split_dir / f for f in rows.loc[rows["class"] == name, "file"]]
         samples[name] = [files[i] for i in sorted(rng.choice(len(files), min(6, len(files)), replace=False))]
     samples_figure(samples, out_dir / "samples.png")
     reasons = "".join(f"| {k} | {v} |\n" for k, v in ingest["rejected_by_reason"].items()) or "| (none) | 0 |\n"
     table = "".join(
         f"| {s} | {split[s]['non_tumor']} | {split[s]['tumor']} | {split[s]['fraction']:.1%} |\n" for s in SPLITS
     )
+    rejected = f"{ingest['rejected']} ({ingest['rejected_fraction']:.1%})"
     (out_dir / "data_report.md").write_text(f"""# Data report
 
-Source: `{ingest['source']}`
+Source: `{ingest["source"]}`
 
 | files seen | accepted | exact duplicates (copies dropped) | rejected |
 |---|---|---|---|
-| {ingest['files_seen']} | {ingest['accepted']} | {ingest['duplicates']} | {ingest['rejected']} ({ingest['rejected_fraction']:.1%}) |
+| {ingest["files_seen"]} | {ingest["accepted"]} | {ingest["duplicates"]} | {rejected} |
 
 Every input file is one of: accepted (one canonical RGB image), an exact duplicate of an accepted image
 (same decoded pixels; the copy is dropped), or rejected for the reason below. `data/dataset/files.csv`
@@ -121,10 +128,10 @@ lists each file with its status and reason.
 | rejected because | files |
 |---|---|
 {reasons}
-Duplicate groups (exact and near duplicates, by perceptual hash): {ingest['duplicate_groups']} groups holding
-{ingest['files_in_duplicate_groups']} files, the largest {ingest['largest_duplicate_group']} files.
-Groups whose members disagree on the label: {ingest['label_conflict_groups']} (set aside as `label_conflict`).
-Each group stays in one split: groups found in several splits = {split['groups_in_several_splits']}.
+Duplicate groups (exact and near duplicates, by perceptual hash): {ingest["duplicate_groups"]} groups holding
+{ingest["files_in_duplicate_groups"]} files, the largest {ingest["largest_duplicate_group"]} files.
+Groups whose members disagree on the label: {ingest["label_conflict_groups"]} (set aside as `label_conflict`).
+Each group stays in one split: groups found in several splits = {split["groups_in_several_splits"]}.
 
 | split | non_tumor | tumor | share |
 |---|---|---|---|

@@ -4,6 +4,7 @@ Each slice has a skull ring, textured brain tissue, ventricles and bright normal
 is an irregular lesion of random size, contrast (brighter or darker) and position. Small faint lesions
 make the task hard enough that neither model scores a trivial 100%.
 """
+
 from __future__ import annotations
 
 import csv

@@ -4,15 +4,16 @@ Fast paths never change results: images are decoded once into a uint8 cache (dat
 backbone and no augmentation, the backbone's output for each image is computed once and the head is
 trained on it, which is the same computation as running the frozen backbone every epoch.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -24,7 +25,6 @@ from .common import CLASSES, PipelineError, atomic_write, progress, seed_everyth
 from .data import MEAN, STD, SplitImages, batch_indices, cache_dir, cached_array, load_split, to_input
 from .models import WEIGHTS_SHA256, ScratchCNN, TransferNet, load_imagenet_backbone, resolve_weights
 
-
 # ---------------------------------------------------------------- hardware
 
 
@@ -35,17 +35,17 @@ def world() -> tuple[int, int]:
 
 def setup_device() -> torch.device:
     """CUDA when present, else CPU; joins the process group when started by torchrun."""
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
     else:
         device = torch.device("cpu")
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cpu":  # every core, shared between the processes on this node
-        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
     return device
 
@@ -111,9 +111,16 @@ class EpochStats:
     accuracy: float
 
 
-def run_epoch(model: nn.Module, batches: Batches, batch_size: int, device: torch.device, amp: torch.dtype | None,
-              optimizer: torch.optim.Optimizer | None = None, generator: torch.Generator | None = None,
-              desc: str = "") -> EpochStats:
+def run_epoch(
+    model: nn.Module,
+    batches: Batches,
+    batch_size: int,
+    device: torch.device,
+    amp: torch.dtype | None,
+    optimizer: torch.optim.Optimizer | None = None,
+    generator: torch.Generator | None = None,
+    desc: str = "",
+) -> EpochStats:
     """One pass: trains when `optimizer` is given (shuffled by `generator`), else evaluates.
 
     Under torchrun each global batch is divided between the ranks; losses are summed and scaled so that
@@ -140,9 +147,20 @@ def run_epoch(model: nn.Module, batches: Batches, batch_size: int, device: torch
     return EpochStats(loss=float(totals[0] / totals[2]), accuracy=float(totals[1] / totals[2]))
 
 
-def fit(model: nn.Module, train: Batches, val: Batches, *, epochs: int, batch_size: int, lr: float, seed: int,
-        device: torch.device, amp: torch.dtype | None, on_epoch: Callable[[int, EpochStats, EpochStats], None],
-        on_best: Callable[[int, float], None]) -> None:
+def fit(
+    model: nn.Module,
+    train: Batches,
+    val: Batches,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: torch.device,
+    amp: torch.dtype | None,
+    on_epoch: Callable[[int, EpochStats, EpochStats], None],
+    on_best: Callable[[int, float], None],
+) -> None:
     """Adam on the trainable parameters; validation (eval mode) every epoch; `on_best` at each new best val loss."""
     rank, size = world()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -164,8 +182,14 @@ def fit(model: nn.Module, train: Batches, val: Batches, *, epochs: int, batch_si
 
 
 @torch.inference_mode()
-def embed_split(model: TransferNet, split: SplitImages, batch_size: int, device: torch.device,
-                amp: torch.dtype | None, desc: str = "features") -> np.ndarray:
+def embed_split(
+    model: TransferNet,
+    split: SplitImages,
+    batch_size: int,
+    device: torch.device,
+    amp: torch.dtype | None,
+    desc: str = "features",
+) -> np.ndarray:
     """The frozen backbone's output for every image of a split, cached on disk as float32.
 
     Key: the split's pixels, the weights' sha256, image size, normalisation, head input width and precision.
@@ -179,7 +203,9 @@ def embed_split(model: TransferNet, split: SplitImages, batch_size: int, device:
             with autocast(device, amp):
                 out[idx] = embed(to_input(split.images[idx], device)).float().cpu().numpy()
 
-    return cached_array(cache_dir() / f"features-{key.hexdigest()[:24]}.npy", (len(split.labels), width), np.float32, fill)
+    return cached_array(
+        cache_dir() / f"features-{key.hexdigest()[:24]}.npy", (len(split.labels), width), np.float32, fill
+    )
 
 
 # ---------------------------------------------------------------- the stages
@@ -206,12 +232,21 @@ def load_trained(path: Path) -> tuple[nn.Module, dict]:
     try:
         model.load_state_dict(saved["state_dict"])
     except RuntimeError:
-        raise PipelineError(f"{path}: weights do not fit this code's {type(model).__name__}; retrain it (dvc repro)") from None
+        raise PipelineError(
+            f"{path}: weights do not fit this code's {type(model).__name__}; retrain it (dvc repro)"
+        ) from None
     return model.eval(), meta
 
 
-def run(kind: str, params: dict, split_dir: Path, model_path: Path, live_dir: Path, feature_batch: int = 64,
-        feature_cache: bool | None = None) -> dict:
+def train_model(
+    kind: str,
+    params: dict,
+    split_dir: Path,
+    model_path: Path,
+    live_dir: Path,
+    feature_batch: int = 64,
+    feature_cache: bool | None = None,
+) -> dict:
     """Train `kind` ('scratch' or 'transfer') with params['train_<kind>']; write the best model and curves.
 
     `feature_cache` None takes the cached-feature path wherever it is exact (frozen backbone, no
@@ -234,17 +269,26 @@ def run(kind: str, params: dict, split_dir: Path, model_path: Path, live_dir: Pa
     cached = exact if feature_cache is None else feature_cache and exact
     if cached:  # train the head alone on features computed once: same result, a fraction of the time
         trainable = model.head
-        train = feature_batches(embed_split(model, train_split, feature_batch, device, amp, "features train"),
-                                train_split.labels, device)
-        val = feature_batches(embed_split(model, val_split, feature_batch, device, amp, "features val"),
-                              val_split.labels, device)
+        train = feature_batches(
+            embed_split(model, train_split, feature_batch, device, amp, "features train"), train_split.labels, device
+        )
+        val = feature_batches(
+            embed_split(model, val_split, feature_batch, device, amp, "features val"), val_split.labels, device
+        )
     else:
         trainable = model
         train = image_batches(train_split, device, cfg["augment"])
         val = image_batches(val_split, device, False)
 
-    meta = {"kind": kind, "image_size": cfg["image_size"], "classes": list(CLASSES), "mean": list(MEAN), "std": list(STD),
-            "head": cfg.get("head", ""), "unfreeze_last": cfg.get("unfreeze_last", 0)}
+    meta = {
+        "kind": kind,
+        "image_size": cfg["image_size"],
+        "classes": list(CLASSES),
+        "mean": list(MEAN),
+        "std": list(STD),
+        "head": cfg.get("head", ""),
+        "unfreeze_last": cfg.get("unfreeze_last", 0),
+    }
     best: dict = {}
     started = time.perf_counter()
 
@@ -260,12 +304,26 @@ def run(kind: str, params: dict, split_dir: Path, model_path: Path, live_dir: Pa
             live.log_metric(f"{split_name}/loss", stats.loss)
             live.log_metric(f"{split_name}/accuracy", stats.accuracy)
         live.next_step()
-        print(f"{kind} epoch {epoch:>2}/{cfg['epochs']}: train loss {tr.loss:.4f} acc {tr.accuracy:.3f} | "
-              f"val loss {va.loss:.4f} acc {va.accuracy:.3f}", flush=True)
+        print(
+            f"{kind} epoch {epoch:>2}/{cfg['epochs']}: train loss {tr.loss:.4f} acc {tr.accuracy:.3f} | "
+            f"val loss {va.loss:.4f} acc {va.accuracy:.3f}",
+            flush=True,
+        )
 
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    fit(trainable, train, val, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], seed=params["seed"],
-        device=device, amp=amp, on_epoch=log_epoch, on_best=save_best)
+    fit(
+        trainable,
+        train,
+        val,
+        epochs=cfg["epochs"],
+        batch_size=cfg["batch_size"],
+        lr=cfg["lr"],
+        seed=params["seed"],
+        device=device,
+        amp=amp,
+        on_epoch=log_epoch,
+        on_best=save_best,
+    )
     if live is not None:
         live.summary["best"] = best
         live.end()

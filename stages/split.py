@@ -1,16 +1,17 @@
-"""Stage split: data/dataset -> data/split/{train,val,test}/{non_tumor,tumor}/ + split_manifest.csv, metrics/split.json, reports/data/."""
-import sys
+"""Stage split: data/dataset -> data/split/{train,val,test}/{class}/ + split_manifest.csv, metrics/split.json,
+reports/data/."""
+
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from brain_tumor import split  # noqa: E402
-from brain_tumor.common import load_params, run_stage  # noqa: E402
+from brain_tumor.common import CLASSES, load_params, run_stage
+from brain_tumor.split import SPLITS, split_dataset
 
 
 def main() -> None:
-    report = split.run(load_params(), Path("data/dataset"), Path("data/split"), Path("metrics/split.json"), Path("reports/data"))
-    print("split: " + ", ".join(f"{s} {sum(report[s][c] for c in ('non_tumor', 'tumor'))}" for s in split.SPLITS))
+    report = split_dataset(
+        load_params(), Path("data/dataset"), Path("data/split"), Path("metrics/split.json"), Path("reports/data")
+    )
+    print("split: " + ", ".join(f"{s} {sum(report[s][c] for c in CLASSES)}" for s in SPLITS))
 
 
 if __name__ == "__main__":

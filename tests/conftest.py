@@ -1,4 +1,5 @@
 """Fixtures that build real image files, datasets and repositories on the fly."""
+
 from __future__ import annotations
 
 import io
@@ -14,7 +15,6 @@ import yaml
 from PIL import Image
 
 PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT))
 
 
 def scan(seed: int, size: int = 32) -> np.ndarray:
@@ -63,7 +63,9 @@ def venv_env() -> dict:
 def sh(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, cwd=cwd, env=venv_env(), capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 

@@ -2,7 +2,7 @@ import itertools
 
 import numpy as np
 
-from brain_tumor.evaluate import binary_metrics, bootstrap_ci, roc_auc
+from brain_tumor.evaluate import binary_metrics, bootstrap_ci, json_number, roc_auc
 
 
 def test_metrics_match_hand_counts():
@@ -36,3 +36,15 @@ def test_bootstrap_interval_brackets_the_estimate_and_narrows_with_data():
         return ci["accuracy"][1] - ci["accuracy"][0]
 
     assert width(2000) < width(50)
+
+
+def test_one_class_is_handled_on_purpose():
+    """A test split with one class: AUC is undefined (nan, then null in JSON), the rest is still computed."""
+    y = np.zeros(8, dtype=int)
+    pred = np.array([0, 0, 0, 0, 0, 0, 1, 1])
+    m = binary_metrics(y, pred, np.linspace(0, 1, 8))
+    assert np.isnan(m["roc_auc"])
+    assert m["accuracy"] == 0.75 and m["specificity"] == 0.75 and m["precision"] == 0.0 and m["recall"] == 0.0
+    ci = bootstrap_ci(y, pred, np.linspace(0, 1, 8), 20, seed=0)
+    assert all(np.isnan(v) for v in ci["roc_auc"]) and ci["accuracy"][0] <= 0.75 <= ci["accuracy"][1]
+    assert json_number(m["roc_auc"]) is None

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
+from conftest import scan, truncated_jpeg
 from PIL import Image
 
 from brain_tumor.images import RejectedFile, load_rgb, perceptual_hash, pixel_sha256
-from conftest import scan, truncated_jpeg
 
 MAX = 10**6
 
@@ -58,8 +58,12 @@ def test_bad_files_are_rejected_with_their_reason(tmp_path):
     text.write_text("not a picture")
     big = tmp_path / "big.png"
     Image.new("L", (300, 300)).save(big)
-    cases = {empty: "empty_file", text: "not_an_image", truncated_jpeg(tmp_path / "cut.jpg", 3): "truncated_or_corrupt",
-             big: "decompression_bomb"}
+    cases = {
+        empty: "empty_file",
+        text: "not_an_image",
+        truncated_jpeg(tmp_path / "cut.jpg", 3): "truncated_or_corrupt",
+        big: "decompression_bomb",
+    }
     for path, reason in cases.items():
         with pytest.raises(RejectedFile) as err:
             load_rgb(path, max_pixels=20_000)

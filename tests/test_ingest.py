@@ -5,14 +5,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import save, scan, truncated_jpeg
 from PIL import Image
 
 from brain_tumor import ingest
-from brain_tumor.common import PipelineError, read_csv
-from conftest import save, scan, truncated_jpeg
+from brain_tumor.common import PipelineError, read_table
 
-LABELS = {"no": "non_tumor", "yes": "tumor", "notumor": "non_tumor", "glioma": "tumor", "meningioma": "tumor",
-          "tumor": "tumor", "non_tumor": "non_tumor"}
+LABELS = {
+    "no": "non_tumor",
+    "yes": "tumor",
+    "notumor": "non_tumor",
+    "glioma": "tumor",
+    "meningioma": "tumor",
+    "tumor": "tumor",
+    "non_tumor": "non_tumor",
+}
 # the bad files every layout below mixes in, and the reason each must get
 BAD = {"empty": "empty_file", "cut": "truncated_or_corrupt", "text": "not_an_image", "huge": "decompression_bomb"}
 
@@ -27,7 +34,7 @@ def add_bad_files(folder: Path, names: dict[str, str]) -> None:
 
 def run_ingest(root: Path, out: Path, **kw):
     args = dict(labels=LABELS, near_duplicate_distance=4, max_reject_fraction=0.9, max_pixels=20_000, processes=2)
-    return ingest.ingest(root, out, **(args | kw))
+    return ingest.ingest_folder(root, out, **(args | kw))
 
 
 def kaggle_dataset(root: Path, nested: bool) -> dict[str, str]:
@@ -56,7 +63,11 @@ def kaggle_dataset(root: Path, nested: bool) -> dict[str, str]:
         w.writerows([(name, label, 0.5) for name, label in rows])
     prefix = "Brain Tumor/Brain Tumor/" if nested else "Brain Tumor/"
     expected = {f"{prefix}Image{i}.{'png' if i == 19 else 'jpg'}": BAD[k] for i, k in zip(range(16, 20), BAD)}
-    expected |= {"Brain Tumor.csv:Image99": "missing_file", f"{prefix}Image15.png": "bad_label", f"{prefix}stray.png": "not_in_csv"}
+    expected |= {
+        "Brain Tumor.csv:Image99": "missing_file",
+        f"{prefix}Image15.png": "bad_label",
+        f"{prefix}stray.png": "not_in_csv",
+    }
     return expected
 
 
@@ -70,8 +81,11 @@ def folder_dataset(root: Path, yes_no: bool) -> dict[str, str]:
     (root / "__MACOSX").mkdir()
     (root / "__MACOSX" / "._scan1.png").write_bytes(b"junk")
     expected = {f"{pos}/{n}": BAD[k] for k, n in zip(BAD, ["e.png", "c.jpg", "t.bmp", "h.png"])}
-    expected |= {"unsorted/scan20.png": "no_label_for_folder", f"{pos}/scan1.png": "label_conflict",
-                 f"{neg}/copy_of_1.png": "label_conflict"}
+    expected |= {
+        "unsorted/scan20.png": "no_label_for_folder",
+        f"{pos}/scan1.png": "label_conflict",
+        f"{neg}/copy_of_1.png": "label_conflict",
+    }
     return expected
 
 
@@ -85,14 +99,14 @@ def zip_folder(folder: Path, archive: Path, evil: bool = True) -> Path:
     return archive
 
 
-def check_accounting(report: dict, out: Path, expected: dict[str, str], extra: dict[str, str] = {}) -> None:
-    files = read_csv(out / "files.csv")
+def check_accounting(report: dict, out: Path, expected: dict[str, str], extra: dict[str, str] | None = None) -> None:
+    files = read_table(out / "files.csv")
     assert report["accepted"] + report["rejected"] + report["duplicates"] == report["files_seen"] == len(files)
-    rejected = {r["source"]: r["reason"] for r in files if r["status"] == "rejected"}
-    assert rejected == expected | extra
-    manifest = read_csv(out / "manifest.csv")
+    rejected = dict(files.loc[files["status"] == "rejected", ["source", "reason"]].itertuples(index=False))
+    assert rejected == expected | (extra or {})
+    manifest = read_table(out / "manifest.csv")
     assert len(manifest) == report["accepted"] == len(list((out / "images").glob("*.png")))
-    assert all(Image.open(out / m["file"]).mode == "RGB" for m in manifest)
+    assert all(Image.open(out / f).mode == "RGB" for f in manifest["file"])
 
 
 @pytest.mark.parametrize("nested", [True, False])
@@ -101,16 +115,21 @@ def test_kaggle_folder(tmp_path, nested):
     report = run_ingest(tmp_path / "raw", tmp_path / "out")
     check_accounting(report, tmp_path / "out", expected)
     assert report["duplicates"] == 1  # Image13 is Image1 again
-    manifest = read_csv(tmp_path / "out" / "manifest.csv")
-    group = {Path(m["source"]).stem: m["group"] for m in manifest}
+    manifest = read_table(tmp_path / "out" / "manifest.csv")
+    group = dict(zip(manifest["source"].map(lambda s: Path(s).stem), manifest["group"], strict=True))
     assert group["Image2"] == group["Image14"] != group["Image4"]  # the resized copy joins its original
     assert report["duplicate_groups"] == 2 and report["files_in_duplicate_groups"] == 4
 
 
-@pytest.mark.parametrize("make", [lambda root: kaggle_dataset(root, nested=True),
-                                  lambda root: kaggle_dataset(root, nested=False),
-                                  lambda root: folder_dataset(root, yes_no=True)],
-                         ids=["kaggle-nested", "kaggle-flat", "yes-no-folders"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda root: kaggle_dataset(root, nested=True),
+        lambda root: kaggle_dataset(root, nested=False),
+        lambda root: folder_dataset(root, yes_no=True),
+    ],
+    ids=["kaggle-nested", "kaggle-flat", "yes-no-folders"],
+)
 def test_zip(tmp_path, make):
     expected = make(tmp_path / "raw")
     archive = zip_folder(tmp_path / "raw", tmp_path / "data.zip")
@@ -146,11 +165,14 @@ def test_too_many_rejects_fail_without_output(tmp_path):
     assert not list(tmp_path.glob(".out.*"))
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda root: root.mkdir(), "no files found"),
-    (lambda root: save(root / "misc" / "a.png", scan(1)), "no folder name maps to a class"),
-    (lambda root: (root.mkdir(), (root / "t.csv").write_text("Image,Target\nImage1,1\n")), "no 'Class' column"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda root: root.mkdir(), "no files found"),
+        (lambda root: save(root / "misc" / "a.png", scan(1)), "no folder name maps to a class"),
+        (lambda root: (root.mkdir(), (root / "t.csv").write_text("Image,Target\nImage1,1\n")), "no 'Class' column"),
+    ],
+)
 def test_unusable_datasets_fail_with_one_line(tmp_path, make, message):
     make(tmp_path / "raw")
     with pytest.raises(PipelineError, match=message) as err:

@@ -4,8 +4,14 @@ import pytest
 import torch
 
 from brain_tumor.common import PipelineError
-from brain_tumor.models import (ScratchCNN, TransferNet, load_imagenet_backbone, resolve_weights, verified,
-                                weights_candidates)
+from brain_tumor.models import (
+    ScratchCNN,
+    TransferNet,
+    load_imagenet_backbone,
+    resolve_weights,
+    verified,
+    weights_candidates,
+)
 
 
 @pytest.mark.parametrize("size", [32, 64, 224])

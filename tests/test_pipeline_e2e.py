@@ -1,10 +1,10 @@
 """The real `dvc` CLI on a temporary repository: what a user does, on tiny synthetic data."""
+
 import json
 import shutil
 
 import pytest
 import yaml
-
 from conftest import sh
 
 pytestmark = pytest.mark.e2e
@@ -59,14 +59,27 @@ def test_repro_metrics_plots_noop_and_experiments(project_repo, tmp_path):
     assert not any(k.startswith("scratch.") for k in diff["metrics/test.json"])  # scratch was not retrained
 
 
-@pytest.mark.parametrize("setup,message", [
-    (lambda repo: "data/raw/nope", "does not exist"),
-    (lambda repo: (repo / "data" / "raw" / "empty").mkdir() or "data/raw/empty", "no files found"),
-    (lambda repo: ((repo / "data/raw/t").mkdir(), (repo / "data/raw/t/labels.csv").write_text("Image,Label\nImage1,1\n"))
-     and "data/raw/t", "no 'Class' column"),
-    (lambda repo: ((repo / "data/raw/f/misc").mkdir(parents=True), (repo / "data/raw/f/misc/a.png").write_bytes(b"x"))
-     and "data/raw/f", "no folder name maps to a class"),
-])
+@pytest.mark.parametrize(
+    "setup,message",
+    [
+        (lambda repo: "data/raw/nope", "does not exist"),
+        (lambda repo: (repo / "data" / "raw" / "empty").mkdir() or "data/raw/empty", "no files found"),
+        (
+            lambda repo: (
+                ((repo / "data/raw/t").mkdir(), (repo / "data/raw/t/labels.csv").write_text("Image,Label\nImage1,1\n"))
+                and "data/raw/t"
+            ),
+            "no 'Class' column",
+        ),
+        (
+            lambda repo: (
+                ((repo / "data/raw/f/misc").mkdir(parents=True), (repo / "data/raw/f/misc/a.png").write_bytes(b"x"))
+                and "data/raw/f"
+            ),
+            "no folder name maps to a class",
+        ),
+    ],
+)
 def test_bad_source_fails_in_one_line_without_outputs(project_repo, setup, message):
     repo = project_repo
     params = yaml.safe_load((repo / "params.yaml").read_text())

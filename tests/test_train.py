@@ -5,18 +5,20 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import PROJECT, venv_env
 
 from brain_tumor import ingest, split, train
 from brain_tumor.data import load_split
-from conftest import PROJECT, venv_env
 
 
 @pytest.fixture
 def split_dir(tmp_path, tiny_params, monkeypatch):
     """A real (tiny, synthetic) split made by the ingest and split stages' code."""
     monkeypatch.setenv("BRAIN_TUMOR_CACHE", str(tmp_path / "cache"))
-    ingest.run(tiny_params, tmp_path / "raw", tmp_path / "dataset", tmp_path / "ingest.json")
-    split.run(tiny_params, tmp_path / "dataset", tmp_path / "split", tmp_path / "split.json", tmp_path / "people")
+    ingest.build_dataset(tiny_params, tmp_path / "raw", tmp_path / "dataset", tmp_path / "ingest.json")
+    split.split_dataset(
+        tiny_params, tmp_path / "dataset", tmp_path / "split", tmp_path / "split.json", tmp_path / "people"
+    )
     return tmp_path / "split"
 
 
@@ -31,7 +33,7 @@ def test_images_are_decoded_once_into_a_keyed_cache(split_dir, tmp_path):
 
 
 def trained_state(kind, params, split_dir, out: Path, **kw) -> dict:
-    train.run(kind, params, split_dir, out / "model.pt", out / "live", **kw)
+    train.train_model(kind, params, split_dir, out / "model.pt", out / "live", **kw)
     return torch.load(out / "model.pt", weights_only=True)
 
 
@@ -59,6 +61,7 @@ def test_dvclive_curves_have_one_row_per_epoch(split_dir, tiny_params, tmp_path)
         assert len(rows) == 1 + tiny_params["train_scratch"]["epochs"]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process(split_dir, tiny_params, tmp_path):
     """torchrun with 2 CPU processes (DDP, gloo) and the same global batch gives the single-process model."""
     params = tiny_params | {"train_scratch": tiny_params["train_scratch"] | {"batch_size": 7}}  # uneven shards
@@ -69,8 +72,14 @@ def test_two_gloo_processes_match_one_process(split_dir, tiny_params, tmp_path):
         (work / "data" / "split").symlink_to(split_dir)
         (work / "params.yaml").write_text(yaml.safe_dump(params))
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
-        result = subprocess.run(launcher + [str(PROJECT / "stages" / "train_scratch.py")], cwd=work, env=venv_env(),
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            launcher + [str(PROJECT / "stages" / "train_scratch.py")],
+            cwd=work,
+            env=venv_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         results[procs] = torch.load(work / "models" / "scratch.pt", weights_only=True)["state_dict"]
     for name, value in results[1].items():
