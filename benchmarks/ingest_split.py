@@ -26,7 +26,7 @@ def main() -> None:
         report = ingest.ingest_folder(
             source,
             tmp / "dataset",
-            labels=data["labels"],
+            labels=ingest.folder_label_map(data),
             near_duplicate_distance=data["near_duplicate_distance"],
             max_reject_fraction=data["max_reject_fraction"],
             max_pixels=data["max_image_pixels"],

@@ -1,4 +1,4 @@
-"""PNG figures for people: confusion matrices, ROC curves, prediction grids, class balance and samples."""
+"""PNG figures of the evaluate stage: confusion matrices, ROC curves, prediction grids."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 from .common import CLASSES
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -27,7 +27,7 @@ def confusion_figure(y: np.ndarray, pred: np.ndarray, title: str, path: Path) ->
         y, pred, labels=[0, 1], display_labels=CLASSES, cmap="Blues", colorbar=False, ax=ax
     )
     ax.set_title(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
@@ -40,7 +40,7 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> 
     ax.set_xlabel("false positive rate (1 - specificity)")
     ax.set_ylabel("true positive rate (sensitivity)")
     ax.set_title("ROC on the test split")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def prediction_grid(outcomes: dict, n_images: int, seed: int, path: Path) -> None:
@@ -62,32 +62,4 @@ def prediction_grid(outcomes: dict, n_images: int, seed: int, path: Path) -> Non
         wrong = any(o.predicted[i] != labels[i] for o in outcomes.values())
         guesses = ", ".join(f"{name}: {CLASSES[o.predicted[i]]}" for name, o in outcomes.items())
         ax.set_title(f"true: {CLASSES[labels[i]]}\n{guesses}", fontsize=8, color="red" if wrong else "black")
-    _save(fig, path)
-
-
-def class_balance_figure(counts: dict[str, dict[str, int]], path: Path) -> None:
-    splits = list(counts)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    x = np.arange(len(splits))
-    for k, name in enumerate(CLASSES):
-        ax.bar(x + (k - 0.5) * 0.4, [counts[s][name] for s in splits], 0.4, label=name)
-    ax.set_xticks(x, splits)
-    ax.set_ylabel("images")
-    ax.set_title("class balance per split")
-    ax.legend()
-    _save(fig, path)
-
-
-def samples_figure(files_by_class: dict[str, list[Path]], path: Path) -> None:
-    from PIL import Image
-
-    cols = max(len(v) for v in files_by_class.values())
-    fig, axes = plt.subplots(len(CLASSES), cols, figsize=(2 * cols, 2.2 * len(CLASSES)), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for r, name in enumerate(CLASSES):
-        for c, f in enumerate(files_by_class.get(name, [])):
-            with Image.open(f) as img:
-                axes[r, c].imshow(np.asarray(img.convert("RGB")))
-            axes[r, c].set_title(name, fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -4,7 +4,7 @@ with a reason.
 
 Layouts: the Kaggle "Brain Tumor" layout (a CSV with `Image` and `Class` at the root or one level down,
 images anywhere below it) and class-folder trees of any depth whose folder names map to a class through
-`data.labels`. Either as a folder or a `.zip`.
+`data.tumor_folders` / `data.non_tumor_folders`. Either as a folder or a `.zip`.
 """
 
 from __future__ import annotations
@@ -172,9 +172,18 @@ def kaggle_items(root: Path, files: list[PurePosixPath], table: PurePosixPath) -
     return items
 
 
+def folder_label_map(data: dict) -> dict[str, str]:
+    """Folder name -> class from the params' two folder lists (names compare case-insensitively)."""
+    tumor = {str(name).lower() for name in data["tumor_folders"]}
+    non_tumor = {str(name).lower() for name in data["non_tumor_folders"]}
+    if both := sorted(tumor & non_tumor):
+        raise PipelineError(f"data.tumor_folders and data.non_tumor_folders both name {', '.join(both)}")
+    return dict.fromkeys(tumor, "tumor") | dict.fromkeys(non_tumor, "non_tumor")
+
+
 def folder_items(root: Path, files: list[PurePosixPath], labels: dict[str, str]) -> list[Item]:
     """Label each file by its nearest ancestor folder named in `labels` (case-insensitive)."""
-    mapping = {str(k).lower(): _class_index(v) for k, v in labels.items()}
+    mapping = {str(k).lower(): CLASSES.index(v) for k, v in labels.items()}
     items = []
     for f in files:
         if _is_system_file(f):
@@ -187,15 +196,10 @@ def folder_items(root: Path, files: list[PurePosixPath], labels: dict[str, str])
     if all(item.label is None for item in items):
         folders = sorted({p for f in files for p in f.parts[:-1]})[:10]
         raise PipelineError(
-            f"{root}: no folder name maps to a class through data.labels (folders seen: {', '.join(folders) or 'none'})"
+            f"{root}: no folder name is in data.tumor_folders or data.non_tumor_folders "
+            f"(folders seen: {', '.join(folders) or 'none'})"
         )
     return items
-
-
-def _class_index(name: str) -> int:
-    if name not in CLASSES:
-        raise PipelineError(f"data.labels: {name!r} is not a class; use one of {', '.join(CLASSES)}")
-    return CLASSES.index(name)
 
 
 def list_items(root: Path, labels: dict[str, str]) -> tuple[list[Item], int]:
@@ -408,7 +412,7 @@ def build_dataset(params: dict, raw_dir: Path, out_dir: Path, report_path: Path)
         report = ingest_folder(
             root,
             out_dir,
-            labels=data["labels"],
+            labels=folder_label_map(data),
             near_duplicate_distance=int(data["near_duplicate_distance"]),
             max_reject_fraction=float(data["max_reject_fraction"]),
             max_pixels=int(data["max_image_pixels"]),

@@ -98,7 +98,7 @@ def write_people_report(
     ingest: dict, split: dict, rows: pd.DataFrame, split_dir: Path, out_dir: Path, seed: int
 ) -> None:
     """reports/data: data_report.md, class_balance.png and samples.png, for a person to read."""
-    from .figures import class_balance_figure, samples_figure
+    from .data_figures import class_balance_figure, samples_figure
 
     out_dir.mkdir(parents=True, exist_ok=True)
     class_balance_figure({s: split[s] for s in SPLITS}, out_dir / "class_balance.png")

@@ -169,7 +169,7 @@ def test_too_many_rejects_fail_without_output(tmp_path):
     "make,message",
     [
         (lambda root: root.mkdir(), "no files found"),
-        (lambda root: save(root / "misc" / "a.png", scan(1)), "no folder name maps to a class"),
+        (lambda root: save(root / "misc" / "a.png", scan(1)), "no folder name is in data.tumor_folders"),
         (lambda root: (root.mkdir(), (root / "t.csv").write_text("Image,Target\nImage1,1\n")), "no 'Class' column"),
     ],
 )

@@ -76,7 +76,7 @@ def test_repro_metrics_plots_noop_and_experiments(project_repo, tmp_path):
                 ((repo / "data/raw/f/misc").mkdir(parents=True), (repo / "data/raw/f/misc/a.png").write_bytes(b"x"))
                 and "data/raw/f"
             ),
-            "no folder name maps to a class",
+            "no folder name is in data.tumor_folders",
         ),
     ],
 )
