@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import CLASSES
-from .figures import plt, save_figure
+from .plotting import plt, save_figure
 
 
 def class_balance_figure(counts: dict[str, dict[str, int]], path: Path) -> None:

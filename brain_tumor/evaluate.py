@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
 
 from .common import CLASSES, PipelineError, progress, write_json, write_table
 from .data import batch_indices, load_split, to_input
@@ -63,54 +69,125 @@ def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int) -> np.n
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, target_sensitivity: float) -> dict[str, float]:
+    """The highest P(tumor) threshold whose validation sensitivity reaches the target.
+
+    Missing a tumor costs more than a false alarm, so the operating point fixes sensitivity and takes the
+    best specificity that leaves; it is chosen on validation only, so the test split stays untouched.
+    """
+    fpr, tpr, thresholds = roc_curve(y_val, p_val, drop_intermediate=False)
+    i = int(np.flatnonzero(tpr >= target_sensitivity)[0])
+    return {
+        "threshold": float(min(thresholds[i], 1.0)),  # roc_curve's first threshold is +inf
+        "target_sensitivity": target_sensitivity,
+        "validation_sensitivity": round(float(tpr[i]), 4),
+        "validation_specificity": round(float(1 - fpr[i]), 4),
+    }
+
+
 @dataclass
 class TestPredictions:
     labels: np.ndarray  # true class per test image
-    predicted: np.ndarray  # predicted class (P(tumor) >= 0.5)
     p_tumor: np.ndarray
+    threshold: float  # the operating point chosen on validation
     images: np.ndarray  # the test images as the model saw them (uint8 NHWC)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """Predicted class at the conventional 0.5."""
+        return (self.p_tumor >= 0.5).astype(np.int64)
+
+    @property
+    def predicted_at_threshold(self) -> np.ndarray:
+        return (self.p_tumor >= self.threshold).astype(np.int64)
 
 
 def json_number(v: float) -> float | None:
     return None if np.isnan(v) else round(v, 4)  # JSON has no NaN (AUC with one class in the test split)
 
 
+def summary_rows(per_model: dict[str, dict[str, float]], intervals: dict[str, dict] | None = None) -> dict[str, dict]:
+    """{metric: {model, model_ci_low, model_ci_high, ...}}: one small JSON file per metric.
+
+    DVC tables put one file per row and one key per column, so this shape prints as metrics x models.
+    """
+    rows: dict[str, dict] = {}
+    for model, metrics in per_model.items():
+        for metric, value in metrics.items():
+            row = rows.setdefault(metric, {})
+            row[model] = json_number(value)
+            if intervals is not None:
+                low, high = intervals[model][metric]
+                row |= {f"{model}_ci_low": json_number(low), f"{model}_ci_high": json_number(high)}
+    return rows
+
+
 def evaluate_models(
     params: dict, split_dir: Path, model_paths: dict[str, Path], metrics_dir: Path, figures_dir: Path
 ) -> dict:
-    """The evaluate stage: metrics, confidence intervals, confusion-plot data and PNG figures per model."""
+    """The evaluate stage: operating point on validation, then test metrics at 0.5 and at that point, with
+    bootstrap intervals; per-model tables for DVC plots; the validation summary; PNG figures."""
     cfg = params["evaluate"]
-    results, ci, outcomes = {}, {}, {}
+    outcomes: dict[str, TestPredictions] = {}
+    test_at = {"test": {}, "test_operating_point": {}}
+    intervals = {"test": {}, "test_operating_point": {}}
+    validation: dict[str, dict[str, float]] = {}
     for name, path in model_paths.items():
         model, meta = load_trained(path)
+        val = load_split(split_dir, "val", meta["image_size"])
         test = load_split(split_dir, "test", meta["image_size"])
-        if not len(test.labels):
-            raise PipelineError(f"{split_dir}: the test split holds no images")
-        score = predict(model, test.images, cfg["batch_size"])
-        outcome = outcomes[name] = TestPredictions(test.labels, (score >= 0.5).astype(np.int64), score, test.images)
-        metrics = binary_metrics(outcome.labels, outcome.predicted, score)
-        results[name] = {m: json_number(v) for m, v in metrics.items()} | {"test_images": len(outcome.labels)}
-        intervals = bootstrap_ci(outcome.labels, outcome.predicted, score, cfg["bootstrap_samples"], params["seed"])
-        ci[name] = {m: [json_number(low), json_number(high)] for m, (low, high) in intervals.items()}
-        names = np.array(CLASSES)
-        table = pd.DataFrame(
-            {
-                "id": test.ids,
-                "actual": names[outcome.labels],
-                "predicted": names[outcome.predicted],
-                "p_tumor": score.astype(np.float64).round(6),
-            }
+        if not len(test.labels) or not len(val.labels):
+            raise PipelineError(f"{split_dir}: the val and test splits must both hold images")
+        operating_point = choose_threshold(
+            val.labels, predict(model, val.images, cfg["batch_size"]), cfg["target_sensitivity"]
         )
-        write_table(metrics_dir / "predictions" / f"{name}.csv", table)
-    write_json(metrics_dir / "test.json", results)
-    write_json(metrics_dir / "test_ci95.json", ci)
+        write_json(path.with_suffix(".threshold.json"), operating_point)
+        score = predict(model, test.images, cfg["batch_size"])
+        outcome = outcomes[name] = TestPredictions(test.labels, score, operating_point["threshold"], test.images)
+        for key, predicted in (("test", outcome.predicted), ("test_operating_point", outcome.predicted_at_threshold)):
+            test_at[key][name] = binary_metrics(outcome.labels, predicted, score)
+            intervals[key][name] = bootstrap_ci(
+                outcome.labels, predicted, score, cfg["bootstrap_samples"], params["seed"]
+            )
+        validation[name] = {
+            "best_epoch": meta["epoch"],
+            "best_loss": meta["val_loss"],
+            "best_accuracy": meta.get("val_accuracy", float("nan")),
+            "threshold": operating_point["threshold"],
+        }
+        write_model_tables(name, outcome, test.ids, metrics_dir / "evaluate")
 
-    from .figures import confusion_figure, prediction_grid, roc_figure
+    for key, per_model in test_at.items():
+        for metric, row in summary_rows(per_model, intervals[key]).items():
+            write_json(metrics_dir / key / f"{metric}.json", row)
+    for metric, row in summary_rows(validation).items():
+        write_json(metrics_dir / "validation" / f"{metric}.json", row)
+
+    from .figures import confusion_figure, operating_point_figure, prediction_grid
 
     for name, outcome in outcomes.items():
-        confusion_figure(
-            outcome.labels, outcome.predicted, f"{name}: test confusion matrix", figures_dir / f"confusion_{name}.png"
-        )
-    roc_figure({name: (o.labels, o.p_tumor) for name, o in outcomes.items()}, figures_dir / "roc.png")
+        confusion_figure(outcome, name, figures_dir / f"confusion_{name}.png")
+    operating_point_figure(outcomes, figures_dir / "roc_pr.png")
     prediction_grid(outcomes, cfg["grid_images"], params["seed"], figures_dir / "test_predictions.png")
-    return results
+    return test_at["test"]
+
+
+def write_model_tables(name: str, outcome: TestPredictions, ids: list[str], out_dir: Path) -> None:
+    """Per-image predictions (DVC's confusion plot) and the test ROC curve (DVC's linear plot) of one model."""
+    names = np.array(CLASSES)
+    write_table(
+        out_dir / "predictions" / f"{name}.csv",
+        pd.DataFrame(
+            {
+                "id": ids,
+                "actual": names[outcome.labels],
+                "predicted": names[outcome.predicted],
+                "predicted_at_threshold": names[outcome.predicted_at_threshold],
+                "p_tumor": outcome.p_tumor.astype(np.float64).round(6),
+            }
+        ),
+    )
+    if len(np.unique(outcome.labels)) == 2:
+        fpr, tpr, thresholds = roc_curve(outcome.labels, outcome.p_tumor)
+        roc = pd.DataFrame({"fpr": fpr.round(6), "tpr": tpr.round(6), "threshold": np.minimum(thresholds, 1).round(6)})
+        write_table(out_dir / "roc" / f"{name}.csv", roc)

@@ -4,42 +4,51 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from .common import CLASSES
+from .plotting import plt, save_figure
 
 
-def save_figure(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-
-def confusion_figure(y: np.ndarray, pred: np.ndarray, title: str, path: Path) -> None:
+def confusion_figure(outcome, name: str, path: Path) -> None:
+    """Test confusion matrices of one model at 0.5 and at its operating point (evaluate.TestPredictions)."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    fig, ax = plt.subplots(figsize=(4, 3.6))
-    ConfusionMatrixDisplay.from_predictions(
-        y, pred, labels=[0, 1], display_labels=CLASSES, cmap="Blues", colorbar=False, ax=ax
-    )
-    ax.set_title(title)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
+    for ax, predicted, label in (
+        (axes[0], outcome.predicted, "threshold 0.5"),
+        (axes[1], outcome.predicted_at_threshold, f"operating point {outcome.threshold:.3f}"),
+    ):
+        ConfusionMatrixDisplay.from_predictions(
+            outcome.labels, predicted, labels=[0, 1], display_labels=CLASSES, cmap="Blues", colorbar=False, ax=ax
+        )
+        ax.set_title(f"{name}, test, {label}", fontsize=9)
     save_figure(fig, path)
 
 
-def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
-    """One ROC curve per model; sklearn's curve, so it agrees with the reported ROC AUC (ties as one step)."""
-    from sklearn.metrics import RocCurveDisplay
+def operating_point_figure(outcomes: dict, path: Path) -> None:
+    """ROC and precision-recall curves per model (sklearn's, so they agree with the reported AUC), each
+    marking the 0.5 threshold (circle) and the operating point chosen on validation (cross)."""
+    from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
 
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    for i, (name, (y, score)) in enumerate(curves.items()):
-        RocCurveDisplay.from_predictions(y, score, name=name, ax=ax, plot_chance_level=i == 0)
-    ax.set_xlabel("false positive rate (1 - specificity)")
-    ax.set_ylabel("true positive rate (sensitivity)")
-    ax.set_title("ROC on the test split")
+    fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(9.5, 4.5))
+    for i, (name, o) in enumerate(outcomes.items()):
+        roc = RocCurveDisplay.from_predictions(o.labels, o.p_tumor, name=name, ax=roc_ax, plot_chance_level=i == 0)
+        pr = PrecisionRecallDisplay.from_predictions(o.labels, o.p_tumor, name=name, ax=pr_ax)
+        color = roc.line_.get_color()
+        pr.line_.set_color(color)
+        for predicted, marker in ((o.predicted, "o"), (o.predicted_at_threshold, "X")):
+            tp = int(((predicted == 1) & (o.labels == 1)).sum())
+            fp = int(((predicted == 1) & (o.labels == 0)).sum())
+            sensitivity = tp / max(int((o.labels == 1).sum()), 1)
+            roc_ax.plot(fp / max(int((o.labels == 0).sum()), 1), sensitivity, marker, color=color, ms=8)
+            pr_ax.plot(sensitivity, tp / max(tp + fp, 1), marker, color=color, ms=8)
+    roc_ax.set(xlabel="false positive rate (1 - specificity)", ylabel="sensitivity", title="ROC, test split")
+    pr_ax.set(xlabel="recall (sensitivity)", ylabel="precision", title="precision-recall, test split")
+    roc_ax.plot([], [], "ko", label="threshold 0.5")
+    roc_ax.plot([], [], "kX", label="operating point")
+    roc_ax.legend(fontsize=8)
+    pr_ax.legend(fontsize=8)
     save_figure(fig, path)
 
 

@@ -289,24 +289,31 @@ def train_model(
         "head": cfg.get("head", ""),
         "unfreeze_last": cfg.get("unfreeze_last", 0),
     }
-    best: dict = {}
+    best: dict = {}  # the saved model's epoch and validation figures
+    latest: dict[str, EpochStats] = {}
     started = time.perf_counter()
 
     def save_best(epoch: int, val_loss: float) -> None:
-        best.update(epoch=epoch, val_loss=val_loss)
+        best.update(epoch=epoch, val_loss=val_loss, val_accuracy=latest["val"].accuracy)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         atomic_write(model_path, lambda p: torch.save({"state_dict": state, "meta": meta | best}, p))
 
-    live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None) if rank == 0 else None
+    # DVCLive: params, per-epoch curves (plots/metrics/{train,val}/*.tsv), a markdown report; the summary
+    # (metrics.json) adds the best epoch, since the saved model is the best epoch's, not the last one's.
+    live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report="md") if rank == 0 else None
+    if live is not None:
+        live.log_params({"seed": params["seed"], **cfg})
 
     def log_epoch(epoch: int, tr: EpochStats, va: EpochStats) -> None:
+        latest["val"] = va
         for split_name, stats in (("train", tr), ("val", va)):
             live.log_metric(f"{split_name}/loss", stats.loss)
             live.log_metric(f"{split_name}/accuracy", stats.accuracy)
         live.next_step()
+        mark = "  * best so far, saved" if va.loss < best.get("val_loss", float("inf")) else ""
         print(
             f"{kind} epoch {epoch:>2}/{cfg['epochs']}: train loss {tr.loss:.4f} acc {tr.accuracy:.3f} | "
-            f"val loss {va.loss:.4f} acc {va.accuracy:.3f}",
+            f"val loss {va.loss:.4f} acc {va.accuracy:.3f}{mark}",
             flush=True,
         )
 
@@ -327,4 +334,5 @@ def train_model(
     if live is not None:
         live.summary["best"] = best
         live.end()
+        print(f"{kind}: best epoch {best['epoch']} (val loss {best['val_loss']:.4f}, acc {best['val_accuracy']:.3f})")
     return {"best": best, "seconds": time.perf_counter() - started, "feature_cache": cached}

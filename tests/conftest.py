@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,8 +42,7 @@ def truncated_jpeg(path: Path, seed: int) -> Path:
     return path
 
 
-@pytest.fixture
-def tiny_params() -> dict:
+def make_tiny_params() -> dict:
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     params["data"]["synthetic"].update(n_images=40, image_size=64)
     params["data"]["max_reject_fraction"] = 0.5
@@ -50,6 +50,16 @@ def tiny_params() -> dict:
         params[stage].update(image_size=32, epochs=2, batch_size=8)
     params["evaluate"].update(bootstrap_samples=50, grid_images=4)
     return params
+
+
+@pytest.fixture
+def tiny_params() -> dict:
+    return make_tiny_params()
+
+
+@pytest.fixture(scope="module")
+def tiny_params_module() -> dict:
+    return make_tiny_params()
 
 
 def venv_env() -> dict:
@@ -69,18 +79,17 @@ def sh(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPro
     return result
 
 
-@pytest.fixture
-def project_repo(tmp_path: Path, tiny_params: dict) -> Path:
-    """A new git + DVC repository holding this project's pipeline with tiny params."""
-    repo = tmp_path / "repo"
+def init_project_repo(parent: Path, params: dict) -> Path:
+    """A new git + DVC repository holding this project's pipeline with `params`."""
+    repo = parent / "repo"
     repo.mkdir()
-    for name in ("stages", "brain_tumor"):
+    for name in ("stages", "brain_tumor", "scripts"):
         shutil.copytree(PROJECT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(PROJECT / name, repo / name)
     (repo / "data" / "raw").mkdir(parents=True)
     (repo / "data" / "raw" / "README.md").write_text("user data goes here\n")
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params, sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["git", "init", "-q"], repo)
     sh(["git", "config", "user.email", "test@example.com"], repo)
     sh(["git", "config", "user.name", "test"], repo)
@@ -89,3 +98,16 @@ def project_repo(tmp_path: Path, tiny_params: dict) -> Path:
     sh(["git", "add", "-A"], repo)
     sh(["git", "commit", "-qm", "pipeline"], repo)
     return repo
+
+
+@pytest.fixture
+def project_repo(tmp_path: Path, tiny_params: dict) -> Path:
+    return init_project_repo(tmp_path, tiny_params)
+
+
+def executed_stages(output: str) -> set[str]:
+    """Stage names `dvc repro` ran (restored stages print "Stage '...' is cached - skipping run")."""
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+STAGE_NAMES = {"ingest", "split", "train-scratch", "train-transfer", "evaluate"}

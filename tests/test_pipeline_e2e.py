@@ -1,62 +1,106 @@
 """The real `dvc` CLI on a temporary repository: what a user does, on tiny synthetic data."""
 
 import json
-import shutil
+import time
 
 import pytest
 import yaml
-from conftest import sh
+from conftest import STAGE_NAMES, executed_stages, sh
 
 pytestmark = pytest.mark.e2e
 MODELS = ("scratch", "transfer")
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
 
 
+def metrics_of(shown: dict, rev: str = "") -> dict:
+    """`dvc metrics show --json` flattened to {path: values}."""
+    return {path: entry["data"] for path, entry in shown[rev]["data"].items()}
+
+
+def wide(cmd, repo, columns=160):
+    """Run a table command in a `columns`-wide terminal; return (text, widest line)."""
+    result = sh(["env", f"COLUMNS={columns}", *cmd], repo)
+    return result.stdout, max(len(line.rstrip()) for line in result.stdout.splitlines())
+
+
 def test_repro_metrics_plots_noop_and_experiments(project_repo, tmp_path):
     repo = project_repo
     first = sh(["dvc", "repro"], repo)
-    for stage in ("ingest", "split", "train-scratch", "train-transfer", "evaluate"):
-        assert f"Running stage '{stage}'" in first.stdout
+    assert executed_stages(first.stdout) == STAGE_NAMES
+    runs = list((repo / ".dvc" / "cache" / "runs").rglob("*"))
+    assert len([r for r in runs if r.is_file()]) == len(STAGE_NAMES)  # every stage is in the run-cache
 
-    shown = json.loads(sh(["dvc", "metrics", "show", "--json"], repo).stdout)
-    test = shown[""]["data"]["metrics/test.json"]["data"]
-    for model in MODELS:
-        assert set(METRICS) <= set(test[model])
-        assert all(0.0 <= test[model][m] <= 1.0 for m in METRICS)
-    assert shown[""]["data"]["metrics/ingest.json"]["data"]["files_seen"] == 40
+    metrics = metrics_of(json.loads(sh(["dvc", "metrics", "show", "--json"], repo).stdout))
+    for metric in METRICS:
+        row = metrics[f"metrics/test/{metric}.json"]
+        for model in MODELS:
+            if metric != "roc_auc" or row[model] is not None:
+                assert row[f"{model}_ci_low"] <= row[model] <= row[f"{model}_ci_high"]
+        assert set(row) == {f"{m}{s}" for m in MODELS for s in ("", "_ci_low", "_ci_high")}
+    assert {f"metrics/test_operating_point/{m}.json" for m in METRICS} <= set(metrics)
+    assert metrics["metrics/validation/best_epoch.json"]["transfer"] >= 1
+    table, widest = wide(["dvc", "metrics", "show"], repo)
+    assert widest <= 160 and "metrics/test/accuracy.json" in table
 
-    sh(["dvc", "plots", "show", "-o", "plots_html"], repo)
+    counts = json.loads(sh(["dvc", "metrics", "show", "--json", "metrics/ingest.json"], repo).stdout)
+    assert metrics_of(counts)["metrics/ingest.json"]["files_seen"] == 40  # data counts: their own file
+
+    plots = sh(["dvc", "plots", "show", "-o", "plots_html"], repo)
+    assert "failed" not in (plots.stdout + plots.stderr).lower()
     html = (repo / "plots_html" / "index.html").read_text()
-    assert "Confusion matrix, scratch" in html and "Confusion matrix, transfer" in html and "Loss per epoch" in html
-    for png in ("confusion_scratch", "confusion_transfer", "roc", "test_predictions"):
+    titles = ("Confusion matrix, scratch", "ROC, transfer", "Loss per epoch, scratch", "Accuracy per epoch, transfer")
+    for title in titles:
+        assert title in html
+    for png in ("confusion_scratch", "confusion_transfer", "roc_pr", "test_predictions"):
         assert (repo / "reports" / "evaluate" / f"{png}.png").stat().st_size > 1000
-    assert (repo / "reports" / "data" / "data_report.md").exists()
+    live = json.loads((repo / "metrics" / "train_transfer" / "metrics.json").read_text())
+    assert live["best"]["epoch"] >= 1 and "val_accuracy" in live["best"]
+    assert (repo / "metrics" / "train_transfer" / "report.md").exists()
 
-    second = sh(["dvc", "repro"], repo)
-    assert "Running stage" not in second.stdout
+    assert executed_stages(sh(["dvc", "repro"], repo).stdout) == set()
 
-    # the same commit in a fresh clone gives the same metrics
+    # the same commit in a fresh clone, with nothing cached, gives the same metrics
     sh(["git", "add", "-A"], repo)
     sh(["git", "commit", "-qm", "baseline"], repo)
     clone = tmp_path / "clone"
     sh(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
-    shutil.rmtree(clone / "metrics")
-    sh(["dvc", "repro"], clone)
-    assert json.loads((clone / "metrics" / "test.json").read_text()) == test
+    assert executed_stages(sh(["dvc", "repro"], clone).stdout) == STAGE_NAMES
+    assert metrics_of(json.loads(sh(["dvc", "metrics", "show", "--json"], clone).stdout)) == metrics
 
     sh(["dvc", "exp", "run", "-S", "train_transfer.lr=0.01"], repo)
-    table = json.loads(sh(["dvc", "exp", "show", "--json"], repo).stdout)
-    baseline = next(row for row in table if row["rev"] != "workspace")
-    experiments = [rev for exp in baseline["experiments"] for rev in exp["revs"]]
+    exp = json.loads(sh(["dvc", "exp", "show", "--json"], repo).stdout)
+    baseline = next(row for row in exp if row["rev"] != "workspace")
+    experiments = [rev for e in baseline["experiments"] for rev in e["revs"]]
 
     def lr(rev):
         return rev["data"]["params"]["params.yaml"]["data"]["train_transfer"]["lr"]
 
     assert lr(baseline) == 0.0001 and [lr(e) for e in experiments] == [0.01]
-    assert "transfer" in experiments[0]["data"]["metrics"]["metrics/test.json"]["data"]
     diff = json.loads(sh(["dvc", "metrics", "diff", "--json"], repo).stdout)
-    assert "metrics/test.json" in diff and any(k.startswith("transfer.") for k in diff["metrics/test.json"])
-    assert not any(k.startswith("scratch.") for k in diff["metrics/test.json"])  # scratch was not retrained
+    changed = {key for path in diff.values() for key in path}
+    assert "transfer" in changed and "scratch" not in changed  # scratch was not retrained
+
+
+def test_queued_sweep_runs_and_sorts(project_repo):
+    repo = project_repo
+    sh(["dvc", "repro"], repo)
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "commit", "-qm", "baseline"], repo)
+    sh(["dvc", "exp", "run", "--queue", "-S", "train_transfer.lr=0.001,0.0003"], repo)
+    sh(["dvc", "queue", "start", "-j", "1"], repo)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = sh(["dvc", "queue", "status"], repo).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert status.count("Success") == 2, status
+    sort = ["--sort-by", "metrics/test/accuracy.json:transfer", "--sort-order", "desc"]
+    table = json.loads(sh(["dvc", "exp", "show", "--json", *sort], repo).stdout)
+    swept = [rev for row in table for e in row.get("experiments") or [] for rev in e["revs"]]
+    lrs = sorted(r["data"]["params"]["params.yaml"]["data"]["train_transfer"]["lr"] for r in swept)
+    assert lrs == [0.0003, 0.001]
+    sh(["dvc", "queue", "stop"], repo, check=False)
 
 
 @pytest.mark.parametrize(
@@ -66,14 +110,20 @@ def test_repro_metrics_plots_noop_and_experiments(project_repo, tmp_path):
         (lambda repo: (repo / "data" / "raw" / "empty").mkdir() or "data/raw/empty", "no files found"),
         (
             lambda repo: (
-                ((repo / "data/raw/t").mkdir(), (repo / "data/raw/t/labels.csv").write_text("Image,Label\nImage1,1\n"))
+                (
+                    (repo / "data/raw/t").mkdir(),
+                    (repo / "data/raw/t/labels.csv").write_text("Image,Label\nImage1,1\n"),
+                )
                 and "data/raw/t"
             ),
             "no 'Class' column",
         ),
         (
             lambda repo: (
-                ((repo / "data/raw/f/misc").mkdir(parents=True), (repo / "data/raw/f/misc/a.png").write_bytes(b"x"))
+                (
+                    (repo / "data/raw/f/misc").mkdir(parents=True),
+                    (repo / "data/raw/f/misc/a.png").write_bytes(b"x"),
+                )
                 and "data/raw/f"
             ),
             "no folder name is in data.tumor_folders",

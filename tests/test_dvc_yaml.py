@@ -1,0 +1,58 @@
+"""dvc.yaml says what each stage really depends on: its code deps equal its imports, its params its reads."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import PROJECT
+
+PACKAGE = "brain_tumor"
+
+
+def imported_modules(file: Path) -> set[str]:
+    """Modules of the package that `file` imports anywhere (function-level imports too: they run)."""
+    package_of_file = ".".join(file.relative_to(PROJECT).with_suffix("").parts[:-1])
+    found = set()
+    for node in ast.walk(ast.parse(file.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.split(".")[0] == PACKAGE}
+        elif isinstance(node, ast.ImportFrom):
+            base = package_of_file if node.level else ""
+            module = ".".join(part for part in (base, node.module or "") if part)
+            if module.split(".")[0] != PACKAGE:
+                continue
+            found.add(module)
+            found |= {f"{module}.{alias.name}" for alias in node.names}  # `from pkg import module`
+    return {m for m in found if (PROJECT / (m.replace(".", "/") + ".py")).is_file()}
+
+
+def code_dependencies(script: Path) -> set[str]:
+    """The stage script and every package file it imports, transitively, plus the package's __init__."""
+    files, todo = {script}, [script]
+    while todo:
+        for module in imported_modules(todo.pop()):
+            file = PROJECT / (module.replace(".", "/") + ".py")
+            if file not in files:
+                files.add(file)
+                todo.append(file)
+    files.add(PROJECT / PACKAGE / "__init__.py")
+    return {f.relative_to(PROJECT).as_posix() for f in files}
+
+
+STAGES = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_code_dependencies_equal_the_imports(name):
+    stage = STAGES[name]
+    script = PROJECT / stage["cmd"].split()[-1]
+    declared = {d for d in stage["deps"] if d.endswith(".py")}
+    assert declared == code_dependencies(script), f"stage {name}: deps differ from the imports"
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_every_output_is_cached_so_the_run_cache_keeps_the_stage(name):
+    """DVC skips the run-cache for a stage with any `cache: false` output (dvc/stage/__init__.py)."""
+    outs = STAGES[name].get("outs", []) + STAGES[name].get("metrics", []) + STAGES[name].get("plots", [])
+    assert all(not isinstance(o, dict) or next(iter(o.values())).get("cache", True) for o in outs)
