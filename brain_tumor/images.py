@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .common import one_line
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 
@@ -24,39 +25,63 @@ class RejectedFile(Exception):
 def load_rgb(path: str | Path, max_pixels: int) -> np.ndarray:
     """Return the image at `path` as an HxWx3 uint8 array, or raise RejectedFile.
 
-    EXIF orientation is applied; 16-bit and 32-bit greyscale are scaled by their real value range;
-    alpha is composited on black (the background of a scan); size is kept.
+    EXIF orientation is applied; 16-bit and 32-bit greyscale are scaled between robust percentiles;
+    alpha is composited on black (the background of a scan); size is kept. The pixel count is checked
+    against `max_pixels` from the header, before any pixel is decoded.
     """
     path = Path(path)
     if path.stat().st_size == 0:
         raise RejectedFile("empty_file")
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(path) as opened:
-                opened.load()
-                return _to_rgb(ImageOps.exif_transpose(opened))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise RejectedFile("decompression_bomb", str(err).split(".")[0]) from None
-        except UnidentifiedImageError:
-            raise RejectedFile("not_an_image") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as err:
-            raise RejectedFile("truncated_or_corrupt", str(err)) from None
+    Image.MAX_IMAGE_PIXELS = None  # checked below against the configured limit itself (PIL's error quotes 2x)
+    try:
+        with Image.open(path) as opened:
+            width, height = opened.size
+            if width * height > max_pixels:
+                raise RejectedFile(
+                    "decompression_bomb", f"{width}x{height} = {width * height} pixels > data.max_image_pixels"
+                )
+            opened.load()
+            return _to_rgb(ImageOps.exif_transpose(opened))
+    except UnidentifiedImageError:
+        raise RejectedFile("not_an_image") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as err:
+        raise RejectedFile("truncated_or_corrupt", one_line(err)) from None
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        values = np.asarray(img, dtype=np.float64)
-        low, high = float(values.min()), float(values.max())
-        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
-        grey = np.rint(scaled).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
+        return np.repeat(scale_to_uint8(np.asarray(img, dtype=np.float64))[:, :, None], 3, axis=2)
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
         rgba = np.asarray(img.convert("RGBA"), dtype=np.uint16)
         alpha = rgba[:, :, 3:4]
         return ((rgba[:, :, :3] * alpha + 127) // 255).astype(np.uint8)
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def scale_to_uint8(values: np.ndarray) -> np.ndarray:
+    """High-bit-depth greyscale -> uint8, between the 0.5th and 99.5th percentiles (clipped).
+
+    A few hot or dead pixels (common in scans) would otherwise set the range and push the anatomy to black.
+    """
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return np.zeros(values.shape, dtype=np.uint8)
+    low, high = np.percentile(finite, [0.5, 99.5])
+    if high <= low:  # a flat image bar a few outliers: use the full range instead
+        low, high = float(finite.min()), float(finite.max())
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    scaled = (np.nan_to_num(values, nan=low, posinf=high, neginf=low) - low) * (255.0 / (high - low))
+    return np.rint(np.clip(scaled, 0, 255)).astype(np.uint8)
+
+
+BLANK_RANGE = 8  # grey levels: an image whose pixels all lie this close together shows nothing
+
+
+def reject_blank(rgb: np.ndarray) -> None:
+    """A blank (near-uniform) image carries no class evidence: refuse it rather than train on it."""
+    if rgb.size and int(rgb.max()) - int(rgb.min()) <= BLANK_RANGE:
+        raise RejectedFile("blank_image", f"all pixels within {int(rgb.max()) - int(rgb.min())} grey levels")
 
 
 def pixel_sha256(rgb: np.ndarray) -> str:

@@ -9,10 +9,15 @@ images anywhere below it) and class-folder trees of any depth whose folder names
 
 from __future__ import annotations
 
+import codecs
+import csv
+import io
 import os
-import tempfile
+import stat
 import zipfile
-from collections.abc import Iterable
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from multiprocessing import Pool
 from pathlib import Path, PurePosixPath
@@ -20,8 +25,20 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from .common import CLASSES, PipelineError, atomic_dir, atomic_write, progress, write_json, write_table
-from .images import IMAGE_SUFFIXES, RejectedFile, load_rgb, perceptual_hash, pixel_sha256, save_png
+from .common import (
+    CLASSES,
+    PipelineError,
+    atomic_dir,
+    atomic_write,
+    one_line,
+    pool_worker_init,
+    progress,
+    require_both_classes,
+    scratch_dir,
+    write_json,
+    write_table,
+)
+from .images import IMAGE_SUFFIXES, RejectedFile, load_rgb, perceptual_hash, pixel_sha256, reject_blank, save_png
 
 SYSTEM_FILES = ("__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini")
 
@@ -50,28 +67,34 @@ class Decoded:
 
 # ---------------------------------------------------------------- opening a dataset (folder or zip)
 
+ZIP_METHODS = {  # the compression methods Python's zipfile reads (not deflate64, 9, nor PPMd, 98)
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflate",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "lzma",
+}
+
 
 def safe_extract(archive: Path, target: Path, max_bytes: int) -> list[Item]:
-    """Extract `archive` into `target`; entries that would escape it are refused and returned as rejects.
+    """Extract `archive` into `target`; entries that would escape it, or repeat an earlier entry's name,
+    are refused and returned as rejects.
 
-    The whole archive is refused when its uncompressed size exceeds `max_bytes` (declared or actual).
+    Whatever makes the archive unusable (unreadable, empty, encrypted, corrupt, an unsupported compression
+    method, a zip inside the zip, more than `max_bytes` uncompressed) is a one-line PipelineError naming
+    the archive and the entry.
     """
     try:
         zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as err:
-        raise PipelineError(f"{archive}: not a readable zip archive ({err})") from None
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as err:
+        raise PipelineError(f"{archive}: not a readable zip archive ({one_line(err)})") from None
     refused: list[Item] = []
     with zf:
         members = [m for m in zf.infolist() if not m.is_dir()]
-        declared = sum(m.file_size for m in members)
-        if declared > max_bytes:
-            raise PipelineError(
-                f"{archive}: uncompressed size {declared / 2**20:.0f} MiB exceeds data.max_archive_mb "
-                f"({max_bytes / 2**20:.0f} MiB); refusing to extract"
-            )
+        _check_archive(archive, members, max_bytes)
         written = 0
         root = target.resolve()
-        for member in members:
+        extracted: set[Path] = set()
+        for index, member in enumerate(members):
             name = member.filename
             is_symlink = (member.external_attr >> 16) & 0o170000 == 0o120000
             dest = (target / name).resolve()
@@ -81,25 +104,63 @@ def safe_extract(archive: Path, target: Path, max_bytes: int) -> list[Item]:
                 or ".." in PurePosixPath(name).parts
                 or not dest.is_relative_to(root)
             ):
-                refused.append(
-                    Item(
-                        name,
-                        reason="unsafe_zip_entry",
-                        detail="symlink" if is_symlink else "path escapes the archive root",
-                    )
-                )
+                detail = "symlink" if is_symlink else "path escapes the archive root"
+                refused.append(Item(name, reason="unsafe_zip_entry", detail=detail))
                 continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(member) as src, open(dest, "wb") as out:
-                while chunk := src.read(1 << 20):
-                    written += len(chunk)
-                    if written > max_bytes:  # sizes in the header can lie
-                        raise PipelineError(
-                            f"{archive}: uncompressed data exceeds data.max_archive_mb "
-                            f"({max_bytes / 2**20:.0f} MiB); refusing to extract"
-                        )
-                    out.write(chunk)
+            if dest in extracted:  # the first entry is used; each repeat is reported under its position
+                position = f"{name} (entry {index + 1})"
+                refused.append(Item(position, reason="duplicate_zip_entry", detail="an earlier entry has this name"))
+                continue
+            extracted.add(dest)
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                out = open(dest, "wb")  # noqa: SIM115 (closed below, after the read errors are told apart)
+            except (FileExistsError, NotADirectoryError, IsADirectoryError, ValueError):
+                refused.append(Item(name, reason="unsafe_zip_entry", detail="path clashes with another entry"))
+                continue
+            with out:
+                written = _copy_entry(archive, zf, member, out, written, max_bytes)
     return refused
+
+
+def _check_archive(archive: Path, members: list[zipfile.ZipInfo], max_bytes: int) -> None:
+    """Refuse, before extracting anything, an archive that cannot give a usable dataset."""
+    if not members:
+        raise PipelineError(f"{archive}: empty zip archive (no files)")
+    declared = sum(m.file_size for m in members)
+    if declared > max_bytes:
+        raise PipelineError(
+            f"{archive}: uncompressed size {declared / 2**20:.0f} MiB exceeds data.max_archive_mb "
+            f"({max_bytes / 2**20:.0f} MiB); refusing to extract"
+        )
+    for m in members:
+        entry = f"{archive}: entry {m.filename!r}"
+        if m.flag_bits & 0x1:
+            raise PipelineError(f"{entry} is encrypted; re-create the archive without a password")
+        if m.compress_type not in ZIP_METHODS:
+            raise PipelineError(
+                f"{entry} uses compression method {m.compress_type}, which Python cannot read; "
+                f"re-create the archive with one of: {', '.join(ZIP_METHODS.values())}"
+            )
+        if m.filename.lower().endswith(".zip") and not _is_system_file(PurePosixPath(m.filename)):
+            raise PipelineError(f"{entry} is itself a zip archive; extract it and set data.source to it")
+
+
+def _copy_entry(archive: Path, zf: zipfile.ZipFile, member: zipfile.ZipInfo, out, written: int, max_bytes: int) -> int:
+    """Copy one entry, counting the bytes really written (sizes in the header can lie); returns the new total."""
+    try:
+        with zf.open(member) as src:
+            while chunk := src.read(1 << 20):
+                written += len(chunk)
+                if written > max_bytes:
+                    raise PipelineError(
+                        f"{archive}: uncompressed data exceeds data.max_archive_mb "
+                        f"({max_bytes / 2**20:.0f} MiB); refusing to extract"
+                    )
+                out.write(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as err:
+        raise PipelineError(f"{archive}: entry {member.filename!r} is corrupt ({one_line(err)})") from None
+    return written
 
 
 # ---------------------------------------------------------------- finding the files and their labels
@@ -109,65 +170,183 @@ def _is_system_file(rel: PurePosixPath) -> bool:
     return any(part in SYSTEM_FILES or part.startswith("._") for part in rel.parts)
 
 
-def list_files(root: Path) -> list[PurePosixPath]:
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
+def _printable(rel: str) -> str | None:
+    """`rel` when it is valid UTF-8 (it can be written to the manifest), else None."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return rel
+
+
+def scan_files(root: Path) -> tuple[list[PurePosixPath], list[Item]]:
+    """The regular files below `root` (sorted, '/'-separated), and the entries refused without opening them.
+
+    Refused: symlinks, to files or folders (never followed: a link may point outside the dataset), special
+    files (FIFOs, sockets, devices: reading one can hang), names that are not valid UTF-8 and folders
+    that cannot be listed. Each is one item with its reason, so nothing disappears from the accounting.
+    """
+    files: list[PurePosixPath] = []
+    refused: list[Item] = []
+
+    def refuse(path: Path, reason: str, detail: str) -> None:
+        rel = Path(path).relative_to(root).as_posix()
+        refused.append(Item(os.fsencode(rel).decode("utf-8", "backslashreplace"), reason=reason, detail=detail))
+
+    def unreadable(err: OSError) -> None:
+        refuse(Path(err.filename), "unreadable", err.strerror or "cannot list this folder")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
+        base = Path(dirpath)
+        for name in list(dirnames):
+            if (base / name).is_symlink():
+                refuse(base / name, "symlink", "a link to a folder; not followed")
+                dirnames.remove(name)
         dirnames.sort()
         for name in sorted(filenames):
-            files.append(PurePosixPath(Path(dirpath, name).relative_to(root).as_posix()))
-    return files
+            path = base / name
+            rel = _printable(path.relative_to(root).as_posix())
+            try:
+                mode = path.lstat().st_mode
+            except OSError as err:
+                refuse(path, "unreadable", err.strerror or "cannot stat")
+                continue
+            if rel is None:
+                refuse(path, "bad_file_name", "the name is not valid UTF-8")
+            elif stat.S_ISLNK(mode):
+                refuse(path, "symlink", "a link; not followed")
+            elif not stat.S_ISREG(mode):
+                refuse(path, "special_file", "a FIFO, socket or device; not opened")
+            else:
+                files.append(PurePosixPath(rel))
+    return files, refused
 
 
-def read_label_table(path: Path) -> pd.DataFrame:
-    """A label CSV as strings: UTF-8 (with or without BOM) or Latin-1, delimiter sniffed (`,`, `;`, tab)."""
-    for encoding in ("utf-8-sig", "latin-1"):
-        try:
-            table = pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False, encoding=encoding)
-            break
-        except UnicodeDecodeError:
-            continue
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
-            raise PipelineError(f"{path}: not a readable CSV table ({str(err).splitlines()[0]})") from None
-    table.columns = [str(c).strip() for c in table.columns]
+def list_files(root: Path) -> list[PurePosixPath]:
+    """The regular files below `root`; see `scan_files` for what is left out and why."""
+    return scan_files(root)[0]
+
+
+def _decode_text(path: Path) -> str:
+    """A text file's content: UTF-8 (with or without BOM), UTF-16 with a BOM, else Latin-1 (never fails)."""
+    raw = path.read_bytes()
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return raw.decode("utf-16", errors="replace")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _delimiter(header: str) -> str:
+    """The column separator: whichever of `,` `;` tab `|` the header line holds most (`,` if none)."""
+    counts = {sep: header.count(sep) for sep in (",", ";", "\t", "|")}
+    return max(counts, key=counts.get) if any(counts.values()) else ","
+
+
+def _canonical(column: str) -> str:
+    """`image`, ` IMAGE ` -> `Image`; other names as they are, stripped."""
+    column = str(column).strip()
+    return {"image": "Image", "class": "Class"}.get(column.lower(), column)
+
+
+def label_table_columns(path: Path, name: str) -> list[str]:
+    """The header of a CSV (canonical names), or [] when it is not a text table at all.
+
+    A header that names Image and Class but splits into one column means a separator we cannot tell.
+    """
+    try:
+        header = next(iter(_decode_text(path).splitlines()), "")
+    except OSError:
+        return []
+    columns = [_canonical(c) for c in header.split(_delimiter(header))]
+    if len(columns) == 1 and "image" in header.lower() and "class" in header.lower():
+        raise PipelineError(
+            f"{name}: cannot tell how the columns are separated (header {header.strip()[:60]!r}); use one of , ; tab |"
+        )
+    return columns
+
+
+def read_label_table(path: Path, name: str | None = None) -> pd.DataFrame:
+    """A label CSV as strings: UTF-8 (with or without BOM), UTF-16 or Latin-1; separator `,` `;` tab or `|`."""
+    name = name or str(path)
+    text = _decode_text(path)
+    try:
+        table = pd.read_csv(
+            io.StringIO(text),
+            sep=_delimiter(next(iter(text.splitlines()), "")),
+            dtype=str,
+            keep_default_na=False,
+            skipinitialspace=True,
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, csv.Error) as err:
+        raise PipelineError(f"{name}: not a readable CSV table ({one_line(err)})") from None
+    table.columns = [_canonical(c) for c in table.columns]
     return table
 
 
-def find_label_csv(root: Path, files: list[PurePosixPath]) -> PurePosixPath | None:
+def find_label_csv(root: Path, files: list[PurePosixPath], name: str | None = None) -> PurePosixPath | None:
     """The Kaggle label table: a CSV at the root or one level down with `Image` and `Class` columns."""
+    name = name or str(root)
     candidates = [f for f in files if f.suffix.lower() == ".csv" and len(f.parts) <= 2 and not _is_system_file(f)]
-    columns = {f: set(read_label_table(root / f).columns) for f in candidates}
+    columns = {f: set(label_table_columns(root / f, f"{name}/{f}")) for f in candidates}
     with_image = [f for f in candidates if "Image" in columns[f]]
     with_class = [f for f in with_image if "Class" in columns[f]]
     if with_class:
         return with_class[0]
     if with_image:
-        raise PipelineError(f"{root / with_image[0]}: has an 'Image' column but no 'Class' column")
+        raise PipelineError(f"{name}/{with_image[0]}: has an 'Image' column but no 'Class' column")
     return None
 
 
-def kaggle_items(root: Path, files: list[PurePosixPath], table: PurePosixPath) -> list[Item]:
-    """Match CSV rows (Image name with or without extension) to image files found anywhere below root."""
+def kaggle_items(
+    root: Path,
+    files: list[PurePosixPath],
+    table: PurePosixPath,
+    name: str | None = None,
+    refused: Sequence[Item] = (),
+) -> list[Item]:
+    """Match CSV rows (Image name with or without extension) to image files found anywhere below root.
+
+    A row naming a file already named by an earlier row is a `duplicate_csv_row` (and, if the two rows
+    disagree on the class, the file a `label_conflict`); a row naming a refused file (a symlink, ...) adds
+    nothing, the refused file is already counted once.
+    """
     tables = {f for f in files if f.suffix.lower() == ".csv" and len(f.parts) <= 2}
+    refused_paths = {PurePosixPath(item.source) for item in refused}
     by_name: dict[str, PurePosixPath] = {}
-    for f in files:
+    for f in [*files, *sorted(refused_paths)]:
         if f not in tables and not _is_system_file(f):
             by_name.setdefault(f.name.lower(), f)
             by_name.setdefault(f.stem.lower(), f)
     items: list[Item] = []
-    listed: set[PurePosixPath] = set()
-    rows = read_label_table(root / table)
-    for name, raw_label in zip(rows["Image"].str.strip(), rows["Class"].str.strip(), strict=True):
-        path = by_name.get(name.lower())
-        if path is None:
-            items.append(Item(f"{table}:{name}", reason="missing_file", detail="listed in the CSV, no such image"))
+    first: dict[object, tuple[int, Item | None]] = {}  # file (or missing name) -> (row, its item)
+    rows = read_label_table(root / table, f"{name or root}/{table}")
+    pairs = zip(rows["Image"].str.strip(), rows["Class"].str.strip(), strict=True)
+    for row, (image, raw_label) in enumerate(pairs, start=2):  # row numbers as a spreadsheet shows them
+        path = by_name.get(image.lower())
+        key = path or ("missing", image.lower())
+        if key in first:
+            first_row, first_item = first[key]
+            again = f"{image!r} again (row {first_row})"
+            items.append(Item(f"{table}:row {row}", reason="duplicate_csv_row", detail=again))
+            if first_item is not None and first_item.label is not None and raw_label != str(first_item.label):
+                first_item.label, first_item.reason = None, "label_conflict"
+                first_item.detail = f"rows {first_row} and {row} give different classes"
             continue
-        listed.add(path)
-        if raw_label not in ("0", "1"):
-            items.append(Item(path.as_posix(), reason="bad_label", detail=f"Class {raw_label!r} is not 0 or 1"))
+        if path is None:
+            item = Item(f"{table}:{image}", reason="missing_file", detail="listed in the CSV, no such image")
+        elif path in refused_paths:
+            item = None
+        elif raw_label not in ("0", "1"):
+            item = Item(path.as_posix(), reason="bad_label", detail=f"Class {raw_label!r} is not 0 or 1")
         else:
-            items.append(Item(path.as_posix(), label=int(raw_label)))
+            item = Item(path.as_posix(), label=int(raw_label))
+        first[key] = (row, item)
+        if item is not None:
+            items.append(item)
     for f in files:
-        if f not in listed and f not in tables and not _is_system_file(f):
+        if f not in first and f not in tables and not _is_system_file(f):
             items.append(Item(f.as_posix(), reason="not_in_csv", detail=f"not listed in {table}"))
     return items
 
@@ -181,7 +360,7 @@ def folder_label_map(data: dict) -> dict[str, str]:
     return dict.fromkeys(tumor, "tumor") | dict.fromkeys(non_tumor, "non_tumor")
 
 
-def folder_items(root: Path, files: list[PurePosixPath], labels: dict[str, str]) -> list[Item]:
+def folder_items(root: Path, files: list[PurePosixPath], labels: dict[str, str], name: str | None = None) -> list[Item]:
     """Label each file by its nearest ancestor folder named in `labels` (case-insensitive)."""
     mapping = {str(k).lower(): CLASSES.index(v) for k, v in labels.items()}
     items = []
@@ -196,21 +375,24 @@ def folder_items(root: Path, files: list[PurePosixPath], labels: dict[str, str])
     if all(item.label is None for item in items):
         folders = sorted({p for f in files for p in f.parts[:-1]})[:10]
         raise PipelineError(
-            f"{root}: no folder name is in data.tumor_folders or data.non_tumor_folders "
+            f"{name or root}: no folder name is in data.tumor_folders or data.non_tumor_folders "
             f"(folders seen: {', '.join(folders) or 'none'})"
         )
     return items
 
 
-def list_items(root: Path, labels: dict[str, str]) -> tuple[list[Item], int]:
-    """All input items under root with labels, and the number of system files (e.g. __MACOSX) skipped."""
-    files = list_files(root)
+def list_items(root: Path, labels: dict[str, str], name: str | None = None) -> tuple[list[Item], int]:
+    """All input items under root with labels (refused entries included), and the number of system files
+    (e.g. __MACOSX) skipped. `name` is how messages call `root` (the user's source, not a scratch folder)."""
+    name = name or str(root)
+    files, refused = scan_files(root)
     system = sum(_is_system_file(f) for f in files)
     if len(files) == system:
-        raise PipelineError(f"{root}: no files found")
-    table = find_label_csv(root, files)
-    items = kaggle_items(root, files, table) if table else folder_items(root, files, labels)
-    return items, system
+        refused_text = f" ({_reasons_text(Counter(item.reason for item in refused))} refused)" if refused else ""
+        raise PipelineError(f"{name}: no files found{refused_text}")
+    table = find_label_csv(root, files, name)
+    items = kaggle_items(root, files, table, name, refused) if table else folder_items(root, files, labels, name)
+    return refused + items, system
 
 
 # ---------------------------------------------------------------- decoding, in parallel and streaming
@@ -226,6 +408,7 @@ def _decode(args: tuple[Path, Item, Path, int]) -> Decoded:
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise RejectedFile("not_an_image", f"suffix {path.suffix or '(none)'!r}")
         rgb = load_rgb(path, max_pixels)
+        reject_blank(rgb)
     except RejectedFile as err:
         out.reason, out.detail = err.reason, err.detail
         return out
@@ -242,7 +425,7 @@ def decode_all(root: Path, items: list[Item], image_dir: Path, max_pixels: int, 
     jobs = [(root, item, image_dir, max_pixels) for item in items]
     if processes <= 1:
         return [_decode(job) for job in progress(jobs, "ingest", unit="file")]
-    with Pool(processes) as pool:
+    with Pool(processes, initializer=pool_worker_init) as pool:
         return list(progress(pool.imap(_decode, jobs, chunksize=16), "ingest", len(jobs), "file"))
 
 
@@ -289,9 +472,11 @@ def ingest_folder(
 ) -> dict:
     """Read the dataset at `root` into `out_dir` (images/, manifest.csv, files.csv); return the report.
 
-    Nothing is written to `out_dir` unless the run succeeds.
+    Nothing is written to `out_dir` unless the run succeeds; data with one class only is an error here,
+    before any training.
     """
-    items, system_files = list_items(root, labels)
+    name = source_name or str(root)
+    items, system_files = list_items(root, labels, name)
     items = list(pre_rejected) + items
     with atomic_dir(out_dir) as tmp:
         image_dir = tmp / "images"
@@ -333,23 +518,26 @@ def ingest_folder(
             }
         )
 
-        report = data_report(files, manifest, len(conflicts), system_files, source_name or str(root))
+        report = data_report(files, manifest, len(conflicts), system_files, name)
+        reasons = _reasons_text(report["rejected_by_reason"])
         if manifest.empty:
-            raise PipelineError(f"{source_name or root}: no usable image ({_reasons_text(report)})")
+            raise PipelineError(f"{name}: no usable image ({reasons})")
         if report["rejected_fraction"] > max_reject_fraction:
             raise PipelineError(
-                f"{source_name or root}: {report['rejected']} of {report['files_seen']} files rejected "
+                f"{name}: {report['rejected']} of {report['files_seen']} files rejected "
                 f"({report['rejected_fraction']:.1%} > data.max_reject_fraction {max_reject_fraction:.1%}): "
-                f"{_reasons_text(report)}"
+                f"{reasons}"
             )
+        rejected = f" (rejected: {reasons})" if report["rejected"] else ""
+        require_both_classes(manifest["label"], f"{name}: accepted images{rejected}")
         write_table(tmp / "manifest.csv", manifest)
         write_table(tmp / "files.csv", files)
         write_json(tmp / "report.json", report)
     return report
 
 
-def _reasons_text(report: dict) -> str:
-    return ", ".join(f"{k} {v}" for k, v in report["rejected_by_reason"].items()) or "no files"
+def _reasons_text(by_reason: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(by_reason.items())) or "no files"
 
 
 def data_report(
@@ -388,7 +576,7 @@ def open_source(source: str, raw_dir: Path, workdir: Path, max_bytes: int) -> tu
         raise PipelineError(f"data.source: {source!r} is not under {raw_dir}/ (or 'synthetic')")
     if path.is_dir():
         return path, []
-    if path.suffix.lower() == ".zip":
+    if path.is_file() and path.suffix.lower() == ".zip":  # is_file: a FIFO named .zip would hang the reader
         target = workdir / "extracted"
         target.mkdir()
         return target, safe_extract(path, target, max_bytes)
@@ -398,8 +586,7 @@ def open_source(source: str, raw_dir: Path, workdir: Path, max_bytes: int) -> tu
 def build_dataset(params: dict, raw_dir: Path, out_dir: Path, report_path: Path) -> dict:
     """The ingest stage: params -> canonical dataset in `out_dir` and the data report at `report_path`."""
     data = params["data"]
-    with tempfile.TemporaryDirectory(prefix="ingest-") as work_name:
-        work = Path(work_name)
+    with scratch_dir(out_dir.parent, "ingest") as work:  # next to the output, removed even after a kill
         source = str(data["source"])
         if source == "synthetic":
             from .synthetic import write_kaggle_layout

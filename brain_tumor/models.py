@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .common import PipelineError
+from .common import PipelineError, file_sha256
 
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"  # torchvision's MobileNet_V2_Weights.IMAGENET1K_V1
 WEIGHTS_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
@@ -61,7 +60,7 @@ class TransferNet(nn.Module):
         self.backbone = mobilenet_v2(weights=None).features
         if head == "linear":
             self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-            self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, 2))
+            self.head = nn.Sequential(GlobalDropout(0.2), nn.Linear(1280, 2))
         elif head == "mlp":
             side = -(-image_size // 32)  # MobileNetV2 downsamples by 32, rounding up
             self.pool = nn.Flatten()
@@ -108,9 +107,96 @@ class TransferNet(nn.Module):
         return nn.Sequential(backbone, self.pool).to(memory_format=torch.channels_last)
 
 
-def sha256_of(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+class GlobalDropout(nn.Dropout):
+    """Dropout whose mask is drawn for the global batch (all DDP ranks) from its own generator, then cut to
+    this rank's rows: N ranks drop what one process would. `seed_dropout` seeds it; no state is saved.
+    """
+
+    def __init__(self, p: float = 0.5):
+        super().__init__(p)
+        self.generator = torch.Generator()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        offset, total = _global_rows(len(x))
+        keep = torch.rand((total, *x.shape[1:]), generator=self.generator)[offset : offset + len(x)] >= self.p
+        return x * keep.to(x.device) / (1.0 - self.p)
+
+
+def _global_rows(n: int) -> tuple[int, int]:
+    """(first row of this rank in the global batch, global batch size): ranks hold consecutive shares."""
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return 0, n
+    sizes = [None] * dist.get_world_size()
+    dist.all_gather_object(sizes, n)
+    return sum(sizes[: dist.get_rank()]), sum(sizes)
+
+
+def seed_dropout(model: nn.Module, seed: int) -> None:
+    for module in model.modules():
+        if isinstance(module, GlobalDropout):
+            module.generator.manual_seed(seed)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the DDP ranks, differentiable: the gradient of a sum of every rank's input is the sum of
+    every rank's output gradient."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _AllReduceSum.apply(grad.contiguous())
+
+
+class SyncBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm over the global batch of all DDP ranks, on any device (torch's SyncBatchNorm refuses CPU).
+
+    Mean and variance are all-reduced differentiably, so gradients flow through them as in one process,
+    and the running statistics are updated with the global values: N ranks train what one process would.
+    Outside DDP training it is plain BatchNorm.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        xf, dims = (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x), (0, 2, 3)
+        count = torch.tensor([xf.numel() / xf.shape[1]], dtype=torch.float64, device=x.device)
+        dist.all_reduce(count)
+        n = float(count)
+        mean = _AllReduceSum.apply(xf.sum(dims)) / n
+        centred = xf - mean.view(1, -1, 1, 1)
+        var = _AllReduceSum.apply((centred * centred).sum(dims)) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(var.detach() * n / max(n - 1.0, 1.0), momentum)
+        y = centred * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
+        if self.affine:
+            y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return y.to(x.dtype)
+
+
+def sync_batchnorm(model: nn.Module) -> None:
+    """Make every BatchNorm that trains a SyncBatchNorm2d, in place: the same parameters and buffers (so the
+    optimizer and the saved state_dict are unchanged); frozen blocks, which stay in eval mode, are left as they are.
+    """
+    for module in model.modules():
+        if type(module) is nn.BatchNorm2d and module.weight is not None and module.weight.requires_grad:
+            module.__class__ = SyncBatchNorm2d
 
 
 def weights_candidates() -> list[Path]:
@@ -142,7 +228,7 @@ def resolve_weights(candidates: list[Path] | None = None) -> Path:
 
 
 def verified(path: Path) -> Path:
-    actual = sha256_of(path)
+    actual = file_sha256(path)
     if actual != WEIGHTS_SHA256:
         raise PipelineError(
             f"{path}: sha256 {actual[:16]}... is not the expected {WEIGHTS_SHA256[:16]}...; refusing to load"

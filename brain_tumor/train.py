@@ -8,6 +8,7 @@ trained on it, which is the same computation as running the frozen backbone ever
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections.abc import Callable
@@ -21,9 +22,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .common import CLASSES, PipelineError, atomic_write, progress, seed_everything
-from .data import MEAN, STD, SplitImages, batch_indices, cache_dir, cached_array, load_split, to_input
-from .models import WEIGHTS_SHA256, ScratchCNN, TransferNet, load_imagenet_backbone, resolve_weights
+from .common import CLASSES, PipelineError, atomic_write, one_line, progress, require_both_classes, seed_everything
+from .data import MEAN, STD, SplitImages, batch_indices, cache_dir, cached_array, code_fingerprint, load_split, to_input
+from .models import (
+    WEIGHTS_SHA256,
+    ScratchCNN,
+    TransferNet,
+    load_imagenet_backbone,
+    resolve_weights,
+    seed_dropout,
+    sync_batchnorm,
+)
 
 # ---------------------------------------------------------------- hardware
 
@@ -78,24 +87,25 @@ class Batches:
 
     inputs: np.ndarray
     labels: np.ndarray
-    prepare: Callable[[np.ndarray, torch.Generator | None], torch.Tensor]
+    prepare: Callable[[np.ndarray, torch.Tensor | None], torch.Tensor]  # (rows, which rows to flip) -> input
+    augment: bool = False  # training draws random horizontal flips for these inputs
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def get(self, idx: np.ndarray, device: torch.device, generator: torch.Generator | None = None):
-        return self.prepare(self.inputs[idx], generator), torch.from_numpy(self.labels[idx]).to(device)
+    def get(self, idx: np.ndarray, device: torch.device, flips: torch.Tensor | None = None):
+        return self.prepare(self.inputs[idx], flips), torch.from_numpy(self.labels[idx]).to(device)
 
 
 def image_batches(split: SplitImages, device: torch.device, augment: bool) -> Batches:
-    def prepare(batch: np.ndarray, generator: torch.Generator | None) -> torch.Tensor:
+    def prepare(batch: np.ndarray, flips: torch.Tensor | None) -> torch.Tensor:
         x = to_input(batch, device)
-        if augment and generator is not None:  # random horizontal flips: brains are near-symmetric
-            flip = torch.rand(len(x), generator=generator) < 0.5
-            x[flip.to(x.device)] = x[flip.to(x.device)].flip(-1)
+        if flips is not None:  # random horizontal flips: brains are near-symmetric
+            flips = flips.to(x.device)
+            x[flips] = x[flips].flip(-1)
         return x
 
-    return Batches(split.images, split.labels, prepare)
+    return Batches(split.images, split.labels, prepare, augment)
 
 
 def feature_batches(features: np.ndarray, labels: np.ndarray, device: torch.device) -> Batches:
@@ -120,11 +130,14 @@ def run_epoch(
     optimizer: torch.optim.Optimizer | None = None,
     generator: torch.Generator | None = None,
     desc: str = "",
+    augment_generator: torch.Generator | None = None,
 ) -> EpochStats:
     """One pass: trains when `optimizer` is given (shuffled by `generator`), else evaluates.
 
     Under torchrun each global batch is divided between the ranks; losses are summed and scaled so that
-    DDP's gradient averaging yields exactly the single-process mean over the global batch.
+    DDP's gradient averaging yields exactly the single-process mean over the global batch. Augmentation
+    flips come from their own generator and are drawn for the whole global batch, so every rank (and one
+    process alone) sees the same flips whatever the number of ranks.
     """
     rank, size = world()
     training = optimizer is not None
@@ -132,8 +145,12 @@ def run_epoch(
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
     with torch.set_grad_enabled(training):
         for idx in progress(batch_indices(len(batches), batch_size, generator), desc, unit="batch"):
-            local = np.array_split(idx, size)[rank]
-            x, y = batches.get(local, device, generator)
+            share = np.array_split(np.arange(len(idx)), size)[rank]
+            local = idx[share]
+            flips = None
+            if training and batches.augment:
+                flips = (torch.rand(len(idx), generator=augment_generator) < 0.5)[torch.from_numpy(share)]
+            x, y = batches.get(local, device, flips)
             with autocast(device, amp):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y, reduction="sum")
@@ -161,16 +178,31 @@ def fit(
     on_epoch: Callable[[int, EpochStats, EpochStats], None],
     on_best: Callable[[int, float], None],
 ) -> None:
-    """Adam on the trainable parameters; validation (eval mode) every epoch; `on_best` at each new best val loss."""
+    """Adam on the trainable parameters; validation (eval mode) every epoch; `on_best` at each new best val loss.
+
+    A loss that is not finite stops the run with an error: a diverged model must not look trained.
+    """
+    if epochs < 1:
+        raise PipelineError(f"epochs: {epochs} is not allowed (expected an integer >= 1)")
     rank, size = world()
+    if size > 1:
+        sync_batchnorm(model)  # before the optimizer and DDP see the model: same parameters, global statistics
+    seed_dropout(model, seed + 2)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=lr, fused=True)  # one kernel per step: 2x faster on the 103M-param CNN
     net = nn.parallel.DistributedDataParallel(model) if size > 1 else model
     generator = torch.Generator().manual_seed(seed)
+    augment_generator = torch.Generator().manual_seed(seed + 1)  # flips never shift the shuffling
     best = float("inf")
     for epoch in range(1, epochs + 1):
-        train_stats = run_epoch(net, train, batch_size, device, amp, optimizer, generator, f"epoch {epoch}/{epochs}")
+        desc = f"epoch {epoch}/{epochs}"
+        train_stats = run_epoch(net, train, batch_size, device, amp, optimizer, generator, desc, augment_generator)
         val_stats = run_epoch(net, val, batch_size, device, amp, desc="validate")
+        if not (math.isfinite(train_stats.loss) and math.isfinite(val_stats.loss)):
+            raise PipelineError(
+                f"epoch {epoch}: loss {train_stats.loss:.4g} (train), {val_stats.loss:.4g} (val): training "
+                "diverged; lower lr"
+            )
         if rank == 0:
             on_epoch(epoch, train_stats, val_stats)
             if val_stats.loss < best:
@@ -192,10 +224,14 @@ def embed_split(
 ) -> np.ndarray:
     """The frozen backbone's output for every image of a split, cached on disk as float32.
 
-    Key: the split's pixels, the weights' sha256, image size, normalisation, head input width and precision.
+    Key: the split's pixels, the weights' sha256, image size, normalisation, head input width, precision,
+    device type, and the producing code and library versions (`code_fingerprint`).
     """
     width = model.embed_width
-    key = hashlib.sha256(f"v2 {split.key} {WEIGHTS_SHA256} {split.images.shape} {MEAN} {STD} {width} {amp}".encode())
+    code = code_fingerprint(embed_split, to_input, TransferNet, autocast)
+    key = hashlib.sha256(
+        f"{split.key} {WEIGHTS_SHA256} {split.images.shape} {MEAN} {STD} {width} {amp} {device.type} {code}".encode()
+    )
 
     def fill(out: np.ndarray) -> None:
         embed = model.inference_embedder().to(device)
@@ -203,9 +239,7 @@ def embed_split(
             with autocast(device, amp):
                 out[idx] = embed(to_input(split.images[idx], device)).float().cpu().numpy()
 
-    return cached_array(
-        cache_dir() / f"features-{key.hexdigest()[:24]}.npy", (len(split.labels), width), np.float32, fill
-    )
+    return cached_array(cache_dir() / f"features-{key.hexdigest()[:24]}", (len(split.labels), width), np.float32, fill)
 
 
 # ---------------------------------------------------------------- the stages
@@ -223,15 +257,22 @@ def load_trained(path: Path) -> tuple[nn.Module, dict]:
     """A model file written by a training stage, and its metadata."""
     if not path.is_file():
         raise PipelineError(f"{path}: no such model file; run its training stage first")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    meta = saved["meta"]
-    if meta["kind"] == "scratch":
-        model = ScratchCNN(meta["image_size"])
-    else:
-        model = TransferNet(meta["head"], meta["image_size"], meta["unfreeze_last"])
     try:
-        model.load_state_dict(saved["state_dict"])
-    except RuntimeError:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        meta, state = saved["meta"], saved["state_dict"]
+        if meta["kind"] not in ("scratch", "transfer"):
+            raise ValueError(f"unknown model kind {meta['kind']!r}")
+        if meta["kind"] == "scratch":
+            model = ScratchCNN(int(meta["image_size"]))
+        else:
+            model = TransferNet(meta["head"], int(meta["image_size"]), int(meta["unfreeze_last"]))
+    except Exception as err:  # a truncated or foreign file fails anywhere in unpickling: say which file
+        raise PipelineError(
+            f"{path}: not a model file written by a training stage ({one_line(err)}); retrain it (dvc repro)"
+        ) from None
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError):
         raise PipelineError(
             f"{path}: weights do not fit this code's {type(model).__name__}; retrain it (dvc repro)"
         ) from None
@@ -264,6 +305,8 @@ def train_model(
     val_split = load_split(split_dir, "val", cfg["image_size"])
     if not len(train_split.labels) or not len(val_split.labels):
         raise PipelineError(f"{split_dir}: the train and val splits must both hold images")
+    for which, part in (("train", train_split), ("val", val_split)):
+        require_both_classes(part.labels, f"{split_dir}: the {which} split")
 
     exact = kind == "transfer" and not cfg["augment"] and cfg["unfreeze_last"] == 0
     cached = exact if feature_cache is None else feature_cache and exact

@@ -1,14 +1,18 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import yaml
 from conftest import PROJECT, venv_env
+from torch import nn
 
 from brain_tumor import ingest, split, train
 from brain_tumor.data import load_split
+from brain_tumor.models import GlobalDropout, seed_dropout, sync_batchnorm
 
 
 @pytest.fixture
@@ -24,11 +28,11 @@ def split_dir(tmp_path, tiny_params, monkeypatch):
 
 def test_images_are_decoded_once_into_a_keyed_cache(split_dir, tmp_path):
     first = load_split(split_dir, "train", 32)
-    cached = sorted((tmp_path / "cache").glob("train-32px-*.npy"))
+    cached = sorted((tmp_path / "cache").glob("train-32px-*"))
     assert len(cached) == 1 and first.images.shape[1:] == (32, 32, 3)
-    mtime = cached[0].stat().st_mtime_ns
+    mtime = (cached[0] / "array.npy").stat().st_mtime_ns
     again = load_split(split_dir, "train", 32)
-    assert cached[0].stat().st_mtime_ns == mtime and again.key == first.key
+    assert (cached[0] / "array.npy").stat().st_mtime_ns == mtime and again.key == first.key
     assert load_split(split_dir, "train", 48).key != first.key  # another size, another entry
 
 
@@ -40,7 +44,7 @@ def trained_state(kind, params, split_dir, out: Path, **kw) -> dict:
 def test_head_on_cached_features_matches_full_forward(split_dir, tiny_params, tmp_path):
     fast = trained_state("transfer", tiny_params, split_dir, tmp_path / "fast")
     slow = trained_state("transfer", tiny_params, split_dir, tmp_path / "slow", feature_cache=False)
-    assert list((tmp_path / "cache").glob("features-*.npy"))  # the fast path really ran
+    assert list((tmp_path / "cache").glob("features-*/array.npy"))  # the fast path really ran
     for name in ("head.1.weight", "head.1.bias"):
         torch.testing.assert_close(fast["state_dict"][name], slow["state_dict"][name], rtol=1e-4, atol=1e-5)
     assert fast["meta"]["epoch"] == slow["meta"]["epoch"]
@@ -62,9 +66,25 @@ def test_dvclive_curves_have_one_row_per_epoch(split_dir, tiny_params, tmp_path)
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_match_one_process(split_dir, tiny_params, tmp_path):
-    """torchrun with 2 CPU processes (DDP, gloo) and the same global batch gives the single-process model."""
-    params = tiny_params | {"train_scratch": tiny_params["train_scratch"] | {"batch_size": 7}}  # uneven shards
+@pytest.mark.parametrize(
+    "kind,changes",
+    [
+        ("scratch", {"augment": True}),
+        # Adam moves every weight by about lr per step whatever its gradient, so float noise in near-zero
+        # gradients shows at lr 1e-4; at 1e-7 the check rests on BatchNorm's running statistics, which a
+        # rank-local BatchNorm (or rank-dependent flips) gets wrong by about 1e-2
+        ("transfer", {"augment": True, "unfreeze_last": 2, "lr": 1e-7}),
+    ],
+    ids=["scratch-augment", "transfer-augment-unfrozen"],
+)
+def test_two_gloo_processes_match_one_process(split_dir, tiny_params, tmp_path, kind, changes):
+    """torchrun with 2 CPU processes (DDP, gloo) and the same global batch gives the single-process model.
+
+    Batches of 7 split 4 + 3 between the ranks: the flips must not depend on the rank, dropout must drop
+    what one process drops, and BatchNorm layers that train must normalise over the global batch.
+    """
+    stage = f"train_{kind}"
+    params = tiny_params | {stage: tiny_params[stage] | {"batch_size": 7} | changes}
     results = {}
     for procs in (1, 2):
         work = tmp_path / f"ddp{procs}"
@@ -73,7 +93,7 @@ def test_two_gloo_processes_match_one_process(split_dir, tiny_params, tmp_path):
         (work / "params.yaml").write_text(yaml.safe_dump(params))
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
         result = subprocess.run(
-            launcher + [str(PROJECT / "stages" / "train_scratch.py")],
+            launcher + [str(PROJECT / "stages" / f"{stage}.py")],
             cwd=work,
             env=venv_env(),
             capture_output=True,
@@ -81,6 +101,47 @@ def test_two_gloo_processes_match_one_process(split_dir, tiny_params, tmp_path):
             timeout=300,
         )
         assert result.returncode == 0, result.stderr[-3000:]
-        results[procs] = torch.load(work / "models" / "scratch.pt", weights_only=True)["state_dict"]
+        results[procs] = torch.load(work / "models" / f"{kind}.pt", weights_only=True)["state_dict"]
     for name, value in results[1].items():
-        torch.testing.assert_close(results[2][name], value, rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(results[2][name], value, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def _sync_batchnorm_rank(rank: int, port: int, out: Path) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    x, y = torch.randn(7, 3, 6, 6, dtype=torch.float64), torch.randint(0, 2, (7,))
+
+    def model() -> nn.Module:
+        torch.manual_seed(1)
+        layers = [nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        net = nn.Sequential(*layers, GlobalDropout(0.5), nn.Linear(4, 2)).double()
+        seed_dropout(net, 3)
+        return net
+
+    def step(net: nn.Module, rows: torch.Tensor, ranks: int) -> dict:
+        net.train()
+        run = nn.parallel.DistributedDataParallel(net) if ranks > 1 else net
+        loss = nn.functional.cross_entropy(run(x[rows]), y[rows], reduction="sum") * ranks / len(x)
+        loss.backward()
+        return {n: p.grad for n, p in net.named_parameters()} | dict(net.named_buffers())
+
+    ddp = model()
+    sync_batchnorm(ddp)
+    shared = step(ddp, torch.tensor_split(torch.arange(7), 2)[rank], 2)
+    if rank == 0:
+        dist.destroy_process_group()  # the reference runs as one process
+        torch.save({"ddp": shared, "one": step(model(), torch.arange(7), 1)}, out)
+    else:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_sync_batchnorm_and_dropout_give_the_single_process_gradients(tmp_path):
+    """In float64, 2 DDP ranks (batch split 4 + 3) compute exactly the single-process gradients and statistics."""
+    out = tmp_path / "grads.pt"
+    torch.multiprocessing.spawn(_sync_batchnorm_rank, args=(29500 + os.getpid() % 1000, out), nprocs=2)
+    saved = torch.load(out, weights_only=True)
+    assert saved["one"].keys() == saved["ddp"].keys()
+    for name, value in saved["one"].items():
+        torch.testing.assert_close(saved["ddp"][name].double(), value.double(), rtol=1e-10, atol=1e-12, msg=name)

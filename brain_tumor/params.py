@@ -1,0 +1,247 @@
+"""The schema of params.yaml: every key, its type and what it allows, checked before a stage does any work.
+
+A new key is one line in SCHEMA. Errors name the key, the value and what is allowed, in one line.
+params.yaml is read as YAML 1.2, as DVC reads and writes it (`dvc exp run -S` drops the quotes around
+"yes"): only true/false are booleans and `1e-3` is a number. Values must have their type (`"false"` is
+not a bool, `20.0` is not an int); a Float also takes a string that spells a number.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from .common import PipelineError
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML with YAML 1.2 scalars: yes/no/on/off stay strings, `1e-3` is a float (PyYAML reads 1.1)."""
+
+
+ParamsLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_BOOL_12 = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$")
+ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL_12, list("tTfF"))
+ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+.0123456789"))
+
+
+class Invalid(ValueError):
+    """A value the schema does not allow; the message says what is allowed."""
+
+
+def _range(low: float | None, high: float | None, open_low: bool = False, open_high: bool = False) -> str:
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if open_low else '>='} {low}")
+    if high is not None:
+        parts.append(f"{'<' if open_high else '<='} {high}")
+    return " and ".join(parts)
+
+
+@dataclass(frozen=True)
+class Int:
+    low: int | None = None
+    high: int | None = None
+    multiple_of: int = 1
+    default: int | None = None
+
+    def allowed(self) -> str:
+        bounds = _range(self.low, self.high)
+        step = f", a multiple of {self.multiple_of}" if self.multiple_of > 1 else ""
+        return f"an integer{' ' + bounds if bounds else ''}{step}"
+
+    def parse(self, value: Any) -> int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        if not ok or not _within(value, self.low, self.high) or value % self.multiple_of:
+            raise Invalid(self.allowed())
+        return int(value)
+
+
+@dataclass(frozen=True)
+class Float:
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    default: float | None = None
+
+    def allowed(self) -> str:
+        bounds = _range(self.low, self.high, self.open_low, self.open_high)
+        return f"a number{' ' + bounds if bounds else ''}"
+
+    def parse(self, value: Any) -> float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1: `1e-3` is a string
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise Invalid(self.allowed())
+        value = float(value)
+        if not _within(value, self.low, self.high, self.open_low, self.open_high):
+            raise Invalid(self.allowed())
+        return value
+
+
+@dataclass(frozen=True)
+class Bool:
+    default: bool | None = None
+
+    def allowed(self) -> str:
+        return "true or false (unquoted)"
+
+    def parse(self, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise Invalid(self.allowed())
+        return value
+
+
+@dataclass(frozen=True)
+class Choice:
+    choices: tuple[str, ...]
+    default: str | None = None
+
+    def allowed(self) -> str:
+        return "one of " + ", ".join(self.choices)
+
+    def parse(self, value: Any) -> str:
+        if value not in self.choices or not isinstance(value, str):
+            raise Invalid(self.allowed())
+        return value
+
+
+@dataclass(frozen=True)
+class Text:
+    default: str | None = None
+
+    def allowed(self) -> str:
+        return "a non-empty string"
+
+    def parse(self, value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise Invalid(self.allowed())
+        return value
+
+
+@dataclass(frozen=True)
+class TextList:
+    """A list of strings; YAML 1.1 reads unquoted yes/no/on/off as booleans, hence the hint."""
+
+    default: tuple[str, ...] | None = None
+
+    def allowed(self) -> str:
+        return 'a list of strings (quote "yes", "no", "on", "off")'
+
+    def parse(self, value: Any) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise Invalid(self.allowed())
+        return list(value)
+
+
+def _within(value: float, low, high, open_low: bool = False, open_high: bool = False) -> bool:
+    above = low is None or (value > low if open_low else value >= low)
+    below = high is None or (value < high if open_high else value <= high)
+    return above and below
+
+
+Spec = Int | Float | Bool | Choice | Text | TextList
+
+TRAIN = {
+    "image_size": Int(low=32),
+    "batch_size": Int(low=1),
+    "epochs": Int(low=1),
+    "lr": Float(low=0, open_low=True),
+    "augment": Bool(),
+    "precision": Choice(("fp32", "bf16", "auto")),
+}
+
+SCHEMA: dict[str, Any] = {
+    "seed": Int(),
+    "data": {
+        "source": Text(),
+        "synthetic": {
+            "n_images": Int(low=2),
+            "image_size": Int(low=32),
+            "tumor_fraction": Float(0, 1, open_low=True, open_high=True),
+        },
+        "tumor_folders": TextList(),
+        "non_tumor_folders": TextList(),
+        "near_duplicate_distance": Int(-1, 64),
+        "max_reject_fraction": Float(0, 1),
+        "max_archive_mb": Int(low=1),
+        "max_image_pixels": Int(low=1),
+    },
+    "split": {
+        "train": Float(0, 1),
+        "val": Float(0, 1),
+        "test": Float(0, 1),
+        "group_duplicates": Bool(),
+    },
+    "train_scratch": TRAIN | {"image_size": Int(low=32, multiple_of=4)},
+    "train_transfer": TRAIN | {"head": Choice(("linear", "mlp")), "unfreeze_last": Int(0, 19)},
+    "evaluate": {
+        "batch_size": Int(low=1),
+        "bootstrap_samples": Int(low=1),
+        "grid_images": Int(low=1),
+        "target_sensitivity": Float(0, 1, open_low=True, default=0.95),
+    },
+}
+
+
+def _split_sums_to_one(split: dict) -> str | None:
+    total = split["train"] + split["val"] + split["test"]
+    if abs(total - 1.0) > 1e-6:
+        return f"train + val + test = {total:g} (expected a sum of 1)"
+    return None
+
+
+# checks across keys: (section, check returning what is wrong or None)
+RULES: list[tuple[str, Callable[[dict], str | None]]] = [("split", _split_sums_to_one)]
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check(schema: dict, raw: Any, where: str, source: str) -> dict:
+    """`raw` normalised by `schema` (floats as floats, defaults filled in), or a PipelineError."""
+    prefix = f"{source}: {where + ': ' if where else ''}"
+    keys = ", ".join(schema)
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{prefix}{_show(raw)} is not allowed (expected a mapping of: {keys})")
+    if unknown := [k for k in raw if k not in schema]:
+        name = f"{where}.{unknown[0]}" if where else str(unknown[0])
+        raise PipelineError(f"{source}: {name}: unknown key (expected one of: {keys})")
+    out = {}
+    for key, spec in schema.items():
+        name = f"{where}.{key}" if where else key
+        if key not in raw and (isinstance(spec, dict) or spec.default is None):
+            expected = f"a mapping of: {', '.join(spec)}" if isinstance(spec, dict) else spec.allowed()
+            raise PipelineError(f"{source}: {name}: missing (expected {expected})")
+        if isinstance(spec, dict):
+            out[key] = _check(spec, raw[key], name, source)
+        elif key in raw:
+            try:
+                out[key] = spec.parse(raw[key])
+            except Invalid as err:
+                raise PipelineError(f"{source}: {name}: {_show(raw[key])} is not allowed (expected {err})") from None
+        else:
+            out[key] = spec.default
+    return out
+
+
+def validate_params(raw: Any, source: str = "params.yaml") -> dict:
+    """The params, checked and normalised; the first problem found is a one-line PipelineError."""
+    params = _check(SCHEMA, raw, "", source)
+    for section, rule in RULES:
+        if problem := rule(params[section]):
+            raise PipelineError(f"{source}: {section}: {problem}")
+    return params

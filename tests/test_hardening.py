@@ -1,0 +1,495 @@
+"""Bad inputs and faults, one test per kind, on tiny data built here.
+
+Each ends in exactly one `error: ` line naming the file or param (exit status non-zero, no traceback), or in
+an accounted reject (accepted + duplicates + rejected = files seen); and nothing is left behind: no
+`.tmp-*` folders beside the outputs, nothing in $TMPDIR. A representative subset drives the real stage
+scripts; the rest calls the readers directly.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import PROJECT, save, scan, venv_env
+from PIL import Image
+
+from brain_tumor import ingest
+from brain_tumor.common import PipelineError, atomic_write, read_table, require_both_classes, sweep_temporaries
+from brain_tumor.data import cached_array, code_fingerprint
+from brain_tumor.images import RejectedFile, load_rgb, reject_blank
+from brain_tumor.models import ScratchCNN
+from brain_tumor.train import load_trained
+
+# ---------------------------------------------------------------- a workspace the real stage scripts run in
+
+
+class Workspace:
+    """A folder laid out as the project (params.yaml, data/raw/) with its own empty $TMPDIR."""
+
+    def __init__(self, root: Path, params: dict):
+        self.root, self.params = root, params
+        self.tmpdir = root.parent / "tmpdir"
+        for folder in (root / "data" / "raw", self.tmpdir):
+            folder.mkdir(parents=True)
+        self.write_params()
+
+    def write_params(self) -> None:
+        (self.root / "params.yaml").write_text(yaml.safe_dump(self.params, sort_keys=False))
+
+    def source(self, name: str) -> Path:
+        """Point data.source at data/raw/<name> and return that path."""
+        self.params["data"]["source"] = f"data/raw/{name}"
+        self.write_params()
+        return self.root / "data" / "raw" / name
+
+    def start(self, stage: str) -> subprocess.Popen:
+        env = venv_env() | {"TMPDIR": str(self.tmpdir)}
+        cmd = [sys.executable, str(PROJECT / "stages" / f"{stage}.py")]
+        return subprocess.Popen(
+            cmd,
+            cwd=self.root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+    def run(self, stage: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        proc = self.start(stage)
+        stdout, stderr = proc.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+    def leftovers(self) -> list[str]:
+        temporaries = [str(p.relative_to(self.root)) for p in self.root.rglob(".tmp-*")]
+        return temporaries + [f"$TMPDIR/{p.name}" for p in self.tmpdir.iterdir()]
+
+    def report(self) -> dict:
+        return yaml.safe_load((self.root / "metrics" / "ingest.json").read_text())
+
+    def rejected(self) -> dict[str, str]:
+        files = read_table(self.root / "data" / "dataset" / "files.csv")
+        return dict(files.loc[files["status"] == "rejected", ["source", "reason"]].itertuples(index=False))
+
+
+@pytest.fixture
+def ws(tmp_path, tiny_params) -> Workspace:
+    return Workspace(tmp_path / "repo", tiny_params)
+
+
+def assert_one_error(result: subprocess.CompletedProcess, *needles: str) -> str:
+    """Non-zero exit, exactly one `error: ` line holding every needle, no traceback; returns the line."""
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert all(n in errors[0] for n in needles), errors[0]
+    return errors[0]
+
+
+def assert_accounted(report: dict, files_seen: int) -> None:
+    assert report["accepted"] + report["duplicates"] + report["rejected"] == report["files_seen"] == files_seen
+
+
+def class_folders(root: Path, per_class: int = 6, seed: int = 0) -> int:
+    """yes/ and no/ with `per_class` distinct scans each; returns the number of files written."""
+    for i in range(per_class):
+        save(root / "yes" / f"y{i}.png", scan(seed + 2 * i))
+        save(root / "no" / f"n{i}.png", scan(seed + 2 * i + 1))
+    return 2 * per_class
+
+
+def kaggle(root: Path, n: int = 12, encoding: str = "utf-8", delimiter: str = ",", rows: list | None = None) -> int:
+    """Images Image1..n (alternate classes) and `Brain Tumor.csv`; returns the number of image files."""
+    for i in range(1, n + 1):
+        save(root / "images" / f"Image{i}.png", scan(i))
+    rows = rows if rows is not None else [(f"Image{i}", i % 2) for i in range(1, n + 1)]
+    with open(root / "Brain Tumor.csv", "w", newline="", encoding=encoding) as f:
+        writer = csv.writer(f, delimiter=delimiter)
+        writer.writerow(["Image", "Class", "Note"])
+        writer.writerows([(name, label, "é") for name, label in rows])
+    return n
+
+
+def zip_of(folder: Path, archive: Path, method: int = zipfile.ZIP_STORED) -> Path:
+    with zipfile.ZipFile(archive, "w", method) as zf:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                zf.write(f, f.relative_to(folder).as_posix())
+    return archive
+
+
+def patch_zip(archive: Path, flags: int | None = None, method: int | None = None) -> None:
+    """Set the flag bits and/or compression method in every local and central header (what zipfile can't write)."""
+    data = bytearray(archive.read_bytes())
+    for signature, flags_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        at = data.find(signature)
+        while at != -1:
+            if flags is not None:
+                data[at + flags_at : at + flags_at + 2] = struct.pack("<H", flags)
+            if method is not None:
+                data[at + method_at : at + method_at + 2] = struct.pack("<H", method)
+            at = data.find(signature, at + 4)
+    archive.write_bytes(data)
+
+
+# ---------------------------------------------------------------- params: every stage checks them first
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["ingest", "split", "train_scratch", "train_transfer", "evaluate"])
+def test_every_stage_refuses_bad_params_before_any_work(ws, stage):
+    ws.params["train_scratch"]["epochs"] = 0
+    ws.write_params()
+    result = ws.run(stage)
+    assert_one_error(result, "params.yaml: train_scratch.epochs: 0 is not allowed (expected an integer >= 1)")
+    assert sorted(p.name for p in ws.root.iterdir()) == ["data", "params.yaml"] and not ws.leftovers()
+
+
+# ---------------------------------------------------------------- the ingest stage on bad sources
+
+
+def test_latin1_semicolon_csv_is_read(ws):
+    n = kaggle(ws.source("kaggle"), encoding="latin-1", delimiter=";")
+    result = ws.run("ingest")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_accounted(ws.report(), n)
+    assert ws.report()["accepted"] == n and not ws.leftovers()
+
+
+def nested_zip(root: Path) -> None:
+    """kaggle.zip holding inner.zip, which holds the dataset."""
+    (root.parent / "outer").mkdir()
+    zip_of(root, root.parent / "outer" / "inner.zip")
+    zip_of(root.parent / "outer", root.with_suffix(".zip"))
+
+
+@pytest.mark.parametrize(
+    "make,needles",
+    [
+        (lambda root: zip_of(root, root.with_suffix(".zip")), []),  # the control: the same zip, readable
+        (
+            lambda root: patch_zip(zip_of(root, root.with_suffix(".zip")), flags=0x1),
+            ["data/raw/kaggle.zip: entry 'Brain Tumor.csv' is encrypted"],
+        ),
+        (
+            lambda root: patch_zip(zip_of(root, root.with_suffix(".zip")), method=9),
+            ["data/raw/kaggle.zip: entry 'Brain Tumor.csv' uses compression method 9"],
+        ),
+        (nested_zip, ["data/raw/kaggle.zip: entry 'inner.zip' is itself a zip archive"]),
+        (lambda root: zipfile.ZipFile(root.with_suffix(".zip"), "w").close(), ["data/raw/kaggle.zip: empty zip"]),
+        (lambda root: root.with_suffix(".zip").write_bytes(b"PK\x03\x04junk"), ["data/raw/kaggle.zip: not a readable"]),
+    ],
+    ids=["readable", "encrypted", "deflate64", "nested", "empty", "garbage"],
+)
+def test_zip_failures_name_the_archive_and_entry(ws, make, needles):
+    folder = ws.root / "data" / "raw" / "kaggle"
+    n = kaggle(folder)
+    make(folder)
+    ws.source("kaggle.zip")
+    result = ws.run("ingest")
+    if not needles:
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert_accounted(ws.report(), n)
+    else:
+        line = assert_one_error(result, *needles)
+        assert ".tmp" not in line and "/tmp" not in line
+        assert not (ws.root / "data" / "dataset").exists()
+    assert not ws.leftovers()
+
+
+def test_symlinks_fifos_and_bad_names_are_refused_and_counted(ws, tmp_path):
+    """Nothing is followed outside the source, a FIFO is never opened (no hang), a non-UTF-8 name no crash."""
+    root = ws.source("folders")
+    n = class_folders(root)
+    outside = save(tmp_path / "outside" / "secret.png", scan(99))
+    (root / "yes" / "link.png").symlink_to(outside)
+    (root / "no" / "extra").symlink_to(outside.parent, target_is_directory=True)
+    os.mkfifo(root / "yes" / "pipe.png")
+    with open(os.fsencode(root / "no") + b"/bad\xff.png", "wb") as f:
+        Image.fromarray(scan(98)).save(f, format="PNG")
+    result = ws.run("ingest", timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_accounted(ws.report(), n + 4)
+    assert ws.rejected() == {
+        "yes/link.png": "symlink",
+        "no/extra": "symlink",
+        "yes/pipe.png": "special_file",
+        "no/bad\\xff.png": "bad_file_name",
+    }
+    manifest = read_table(ws.root / "data" / "dataset" / "manifest.csv")
+    assert "secret" not in " ".join(manifest["source"]) and not ws.leftovers()
+
+
+def symlinked_class(root: Path, outside: Path) -> None:
+    """yes/ holds 3 scans; no/ is a link to a folder outside the source."""
+    class_folders(outside)
+    for i in range(3):
+        save(root / "yes" / f"y{i}.png", scan(100 + i))
+    (root / "no").symlink_to(outside / "no", target_is_directory=True)
+
+
+@pytest.mark.parametrize(
+    "make,needles",
+    [
+        (symlinked_class, ["data/raw/src: accepted images", "no non_tumor images (3 tumor)", "symlink 1"]),
+        (
+            lambda root, outside: [save(root / "yes" / f"y{i}.png", scan(i)) for i in range(4)],
+            ["data/raw/src: accepted images", "no non_tumor images (4 tumor)"],
+        ),
+        (
+            lambda root, outside: kaggle(root, delimiter=":") and None,
+            ["data/raw/src/Brain Tumor.csv: cannot tell how the columns are separated"],
+        ),
+    ],
+    ids=["class-folder-symlink", "one-class", "unknown-delimiter"],
+)
+def test_unusable_sources_are_one_line_errors(ws, tmp_path, make, needles):
+    make(ws.source("src"), tmp_path / "outside")
+    assert_one_error(ws.run("ingest"), *needles)
+    assert not (ws.root / "data" / "dataset").exists() and not ws.leftovers()
+
+
+def test_garbage_model_file_is_one_line_in_evaluate(ws):
+    (ws.root / "models").mkdir()
+    (ws.root / "models" / "scratch.pt").write_bytes(b"PK\x03\x04" + os.urandom(5000))
+    result = ws.run("evaluate")
+    assert_one_error(result, "models/scratch.pt: not a model file written by a training stage")
+    assert not ws.leftovers()
+
+
+# ---------------------------------------------------------------- a real kill, then a re-run
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    files = sorted(p for p in (root / "data" / "dataset").rglob("*") if p.is_file()) + [
+        root / "metrics" / "ingest.json"
+    ]
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def started_decoding(ws: Workspace, proc: subprocess.Popen, images: int = 20) -> None:
+    """Wait until the stage has written `images` images into its temporary output (mid-run)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if sum(1 for _ in (ws.root / "data").glob(".tmp-*-dataset-*/images/*.png")) >= images:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"ingest ended (status {proc.returncode}) before it was interrupted")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_interrupted_ingest_leaves_nothing_and_reruns_byte_identical(ws, sig):
+    ws.params["data"]["synthetic"].update(n_images=400, image_size=96)
+    ws.write_params()
+    assert ws.run("ingest").returncode == 0
+    reference = snapshot(ws.root)
+
+    proc = ws.start("ingest")
+    started_decoding(ws, proc)
+    if sig == signal.SIGKILL:  # the whole process group, Pool workers included, as the OOM killer or a power cut
+        os.killpg(proc.pid, sig)
+    else:
+        os.kill(proc.pid, sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert snapshot(ws.root) == reference  # the previous complete output is untouched
+    if sig == signal.SIGTERM:  # cleaned up at once
+        assert proc.returncode == 143 and "Traceback" not in stderr
+        assert stderr.strip().splitlines()[-1] == "error: stopped by SIGTERM; partial outputs removed"
+        assert not ws.leftovers()
+    else:  # debris, which the next run finds and removes
+        assert {p.name.split("-")[2] for p in (ws.root / "data").glob(".tmp-*")} == {"ingest", "dataset"}
+
+    rerun = ws.run("ingest")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert snapshot(ws.root) == reference and not ws.leftovers()
+
+
+# ---------------------------------------------------------------- readers, called directly
+
+
+def run_ingest(root: Path, out: Path, **kw) -> dict:
+    args = dict(
+        labels={"yes": "tumor", "no": "non_tumor"},
+        near_duplicate_distance=-1,
+        max_reject_fraction=0.9,
+        max_pixels=10**6,
+        processes=1,
+        source_name="data/raw/src",
+    )
+    return ingest.ingest_folder(root, out, **(args | kw))
+
+
+def test_zip_crc_error_names_archive_and_entry(tmp_path):
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("yes/a.png", b"A" * 100)
+    archive.write_bytes(archive.read_bytes().replace(b"A" * 100, b"B" + b"A" * 99))
+    with pytest.raises(PipelineError, match=r"data.zip: entry 'yes/a.png' is corrupt \(Bad CRC-32"):
+        ingest.safe_extract(archive, tmp_path / "out", 10**6)
+
+
+def test_duplicate_zip_entries_are_accounted(tmp_path):
+    archive = tmp_path / "data.zip"
+    class_folders(tmp_path / "src")
+    zip_of(tmp_path / "src", archive)
+    with zipfile.ZipFile(archive, "a") as zf, pytest.warns(UserWarning, match="Duplicate name"):
+        zf.writestr("yes/y0.png", (tmp_path / "src" / "no" / "n0.png").read_bytes())
+    (tmp_path / "x").mkdir()
+    refused = ingest.safe_extract(archive, tmp_path / "x", 10**8)
+    assert [(r.source, r.reason) for r in refused] == [("yes/y0.png (entry 13)", "duplicate_zip_entry")]
+    report = run_ingest(tmp_path / "x", tmp_path / "out", pre_rejected=refused)
+    assert_accounted(report, 13)
+    assert report["accepted"] == 12 and report["rejected_by_reason"] == {"duplicate_zip_entry": 1}
+
+
+def test_duplicate_csv_rows_are_accounted_and_conflicting_ones_reject_the_image(tmp_path):
+    rows = [(f"Image{i}", i % 2) for i in range(1, 13)] + [("Image2", 0), ("image2.png", 0), ("Image3", 0)]
+    n = kaggle(tmp_path / "src", rows=rows)
+    report = run_ingest(tmp_path / "src", tmp_path / "out")
+    assert_accounted(report, n + 3)
+    rejected = dict(
+        read_table(tmp_path / "out" / "files.csv").query("status == 'rejected'")[["source", "reason"]].values
+    )
+    assert rejected == {
+        "Brain Tumor.csv:row 14": "duplicate_csv_row",
+        "Brain Tumor.csv:row 15": "duplicate_csv_row",
+        "Brain Tumor.csv:row 16": "duplicate_csv_row",
+        "images/Image3.png": "label_conflict",  # rows 4 and 16 disagree: neither class can claim it
+    }
+
+
+def test_sixteen_bit_scan_with_a_hot_pixel_keeps_its_contrast(tmp_path):
+    values = np.linspace(1000, 3000, 64 * 64).reshape(64, 64).astype(np.uint16)
+    values[0, 0] = 65535
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    grey = load_rgb(tmp_path / "deep.png", 10**6)[..., 0]
+    assert grey.min() == 0 and grey.max() == 255 and 110 < grey.mean() < 145  # not pushed to near-black
+
+
+def test_blank_image_is_rejected_and_bomb_message_quotes_the_configured_limit(tmp_path):
+    grey = np.full((32, 32, 3), 120, dtype=np.uint8)
+    grey[0, 0] = 127
+    with pytest.raises(RejectedFile, match="blank_image"):
+        reject_blank(grey)
+    reject_blank(scan(1))
+    Image.new("L", (300, 300)).save(tmp_path / "big.png")
+    with pytest.raises(RejectedFile) as err:
+        load_rgb(tmp_path / "big.png", 20_000)
+    assert err.value.reason == "decompression_bomb"
+    assert "90000 pixels > data.max_image_pixels" in err.value.detail and "40000" not in err.value.detail
+
+
+def test_one_class_is_an_error():
+    require_both_classes([0, 1, 1], "split val")
+    with pytest.raises(PipelineError, match="split test: no tumor images \\(3 non_tumor\\); both classes"):
+        require_both_classes([0, 0, 0], "split test")
+
+
+# ---------------------------------------------------------------- caches that cannot lie
+
+
+def corrupt(entry: Path) -> None:
+    data = bytearray((entry / "array.npy").read_bytes())
+    data[-1] ^= 0xFF
+    (entry / "array.npy").write_bytes(data)
+
+
+def truncate(entry: Path) -> None:
+    with open(entry / "array.npy", "r+b") as f:
+        f.truncate(200)
+
+
+@pytest.mark.parametrize(
+    "damage,problem",
+    [
+        (corrupt, "does not match its sha256"),
+        (truncate, "expected"),
+        (lambda entry: (entry / "meta.json").unlink(), "unreadable"),
+        (lambda entry: (entry / "meta.json").write_text("{"), "unreadable"),
+    ],
+    ids=["flipped-byte", "truncated", "no-meta", "bad-meta"],
+)
+def test_damaged_cache_entry_is_rebuilt_with_one_warning(tmp_path, capfd, damage, problem):
+    calls = []
+
+    def fill(array: np.ndarray) -> None:
+        calls.append(1)
+        array[:] = np.arange(array.size, dtype=array.dtype).reshape(array.shape)
+
+    entry = tmp_path / "cache" / "train-32px-key"
+    first = np.array(cached_array(entry, (10, 5), np.float32, fill))
+    assert np.array_equal(cached_array(entry, (10, 5), np.float32, fill), first) and len(calls) == 1
+    assert capfd.readouterr().err == ""
+    damage(entry)
+    again = cached_array(entry, (10, 5), np.float32, fill)
+    assert np.array_equal(again, first) and len(calls) == 2  # rebuilt, not used
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"warning: cache {entry}:") and problem in lines[0]
+    assert [p.name for p in entry.parent.iterdir()] == ["train-32px-key"]  # no temporaries left
+
+
+def test_cache_entry_of_another_shape_is_rebuilt(tmp_path, capfd):
+    entry = tmp_path / "features-key"
+    cached_array(entry, (4, 3), np.float32, lambda a: a.fill(1))
+    assert cached_array(entry, (5, 3), np.float32, lambda a: a.fill(2)).shape == (5, 3)
+    assert "holds <f4 [4, 3], expected <f4 [5, 3]" in capfd.readouterr().err
+
+
+def test_cache_key_covers_the_producing_code():
+    def produce(x):
+        return x + 1
+
+    first = code_fingerprint(produce)
+
+    def produce(x):
+        return x + 2
+
+    assert code_fingerprint(produce) != first
+
+
+# ---------------------------------------------------------------- model files and temporaries
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "foreign"])
+def test_damaged_model_file_is_one_line_error(tmp_path, damage):
+    path = tmp_path / "scratch.pt"
+    torch.save({"state_dict": ScratchCNN(32).state_dict(), "meta": {"kind": "scratch", "image_size": 32}}, path)
+    load_trained(path)  # the intact file loads
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "garbage":
+        path.write_bytes(os.urandom(1000))
+    else:
+        torch.save({"weights": [1, 2]}, path)
+    with pytest.raises(PipelineError) as err:
+        load_trained(path)
+    assert str(err.value).startswith(f"{path}: not a model file written by a training stage (")
+    assert "\n" not in str(err.value)
+
+
+def test_temporaries_of_dead_processes_are_swept_and_live_ones_kept(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    (tmp_path / f".tmp-{dead_pid}-dataset-abc" / "images").mkdir(parents=True)
+    (tmp_path / f".tmp-{dead_pid}-ingest.json").write_text("half")
+    (tmp_path / f".tmp-{os.getpid()}-split-xyz").mkdir()  # a live process's (ours): kept
+    (tmp_path / "dataset").mkdir()
+    sweep_temporaries(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".tmp-{os.getpid()}-split-xyz", "dataset"]
+    atomic_write(tmp_path / "out.json", lambda p: p.write_text("{}"))
+    assert (tmp_path / "out.json").read_text() == "{}"

@@ -1,0 +1,111 @@
+"""params.yaml against its schema: every kind of mistake is one line naming the key, the value and what is allowed."""
+
+import copy
+
+import pytest
+import yaml
+from conftest import PROJECT
+
+from brain_tumor.common import PipelineError, load_params
+from brain_tumor.params import ParamsLoader, validate_params
+
+PARAMS = yaml.load((PROJECT / "params.yaml").read_text(), Loader=ParamsLoader)
+
+
+def changed(path: str, value) -> dict:
+    """The project's params with `path` ('a.b.c') set to `value`, or removed when value is ...; a new key is added."""
+    params = copy.deepcopy(PARAMS)
+    *parents, last = path.split(".")
+    node = params
+    for key in parents:
+        node = node[key]
+    if value is ...:
+        del node[last]
+    else:
+        node[last] = value
+    return params
+
+
+@pytest.mark.parametrize(
+    "path,value,message",
+    [
+        ("train_transfer.haed", "mlp", "train_transfer.haed: unknown key (expected one of: image_size, batch_size,"),
+        ("trian_scratch", {"epochs": 3}, "trian_scratch: unknown key (expected one of: seed, data, split,"),
+        ("train_scratch.epochs", ..., "train_scratch.epochs: missing (expected an integer >= 1)"),
+        ("evaluate", ..., "evaluate: missing (expected a mapping of: batch_size,"),
+        ("train_scratch.epochs", 0, "train_scratch.epochs: 0 is not allowed (expected an integer >= 1)"),
+        ("train_scratch.epochs", 1.5, "train_scratch.epochs: 1.5 is not allowed (expected an integer >= 1)"),
+        ("train_scratch.epochs", True, "train_scratch.epochs: True is not allowed"),
+        ("train_transfer.batch_size", 0, "train_transfer.batch_size: 0 is not allowed (expected an integer >= 1)"),
+        ("train_scratch.image_size", 0, "train_scratch.image_size: 0 is not allowed (expected an integer >= 32, a"),
+        ("train_scratch.image_size", 226, "(expected an integer >= 32, a multiple of 4)"),
+        ("train_transfer.lr", 0, "train_transfer.lr: 0 is not allowed (expected a number > 0)"),
+        ("train_transfer.lr", "fast", "train_transfer.lr: 'fast' is not allowed (expected a number > 0)"),
+        ("train_transfer.lr", float("nan"), "train_transfer.lr: nan is not allowed"),
+        ("train_transfer.precision", "fp16", "train_transfer.precision: 'fp16' is not allowed (expected one of fp32,"),
+        ("train_transfer.head", "cnn", "train_transfer.head: 'cnn' is not allowed (expected one of linear, mlp)"),
+        ("train_transfer.unfreeze_last", 20, "(expected an integer >= 0 and <= 19)"),
+        ("train_transfer.augment", "false", "train_transfer.augment: 'false' is not allowed (expected true or false"),
+        ("split.group_duplicates", "false", "split.group_duplicates: 'false' is not allowed (expected true or"),
+        ("seed", "abc", "seed: 'abc' is not allowed (expected an integer)"),
+        ("split.train", 0.8, "split: train + val + test = 1.1 (expected a sum of 1)"),
+        ("split.val", -0.1, "split.val: -0.1 is not allowed (expected a number >= 0 and <= 1)"),
+        ("evaluate.bootstrap_samples", 0, "evaluate.bootstrap_samples: 0 is not allowed (expected an integer >= 1)"),
+        ("evaluate.grid_images", 0, "evaluate.grid_images: 0 is not allowed"),
+        ("evaluate.target_sensitivity", 0, "evaluate.target_sensitivity: 0 is not allowed (expected a number > 0"),
+        ("data.tumor_folders", [True, "tumor"], "data.tumor_folders: [True, 'tumor'] is not allowed (expected a"),
+        ("data.non_tumor_folders", "no", "data.non_tumor_folders: 'no' is not allowed (expected a list of strings"),
+        ("data.near_duplicate_distance", -2, "(expected an integer >= -1 and <= 64)"),
+        ("data.max_reject_fraction", 1.5, "data.max_reject_fraction: 1.5 is not allowed"),
+        ("data.synthetic.tumor_fraction", 1, "data.synthetic.tumor_fraction: 1 is not allowed (expected a number > 0"),
+        ("data.source", "", "data.source: '' is not allowed (expected a non-empty string)"),
+        ("data", [1, 2], "data: [1, 2] is not allowed (expected a mapping of: source, synthetic,"),
+    ],
+)
+def test_bad_value_is_one_line_naming_key_value_and_what_is_allowed(path, value, message):
+    with pytest.raises(PipelineError) as err:
+        validate_params(changed(path, value))
+    text = str(err.value)
+    assert text.startswith("params.yaml: ") and message in text and "\n" not in text, text
+
+
+def test_values_are_normalised_and_defaults_filled():
+    params = changed("train_transfer.lr", "1e-3")  # a string: PyYAML reads YAML 1.1
+    del params["evaluate"]["target_sensitivity"]
+    params["split"] |= {"train": 1, "val": 0, "test": 0}
+    checked = validate_params(params)
+    assert checked["train_transfer"]["lr"] == 0.001 and isinstance(checked["train_transfer"]["lr"], float)
+    assert checked["split"]["train"] == 1.0 and isinstance(checked["split"]["train"], float)
+    assert checked["evaluate"]["target_sensitivity"] == 0.95
+    assert validate_params(PARAMS) == PARAMS  # the project's own params are valid as they are
+
+
+def test_yaml_is_read_as_dvc_writes_it(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml in YAML 1.2: unquoted yes/no are folder names, 1e-3 a number."""
+    text = (PROJECT / "params.yaml").read_text()
+    text = text.replace('["yes", tumor', "[yes, tumor").replace('["no", non_tumor', "[no, non_tumor")
+    text = text.replace("lr: 0.0001", "lr: 1e-3")
+    (tmp_path / "params.yaml").write_text(text)
+    params = load_params(tmp_path / "params.yaml")
+    assert params["data"]["tumor_folders"][0] == "yes" and params["data"]["non_tumor_folders"][0] == "no"
+    assert params["train_scratch"]["lr"] == 0.001
+    (tmp_path / "params.yaml").write_text(text.replace("group_duplicates: true", "group_duplicates: no"))
+    with pytest.raises(PipelineError, match=r"split.group_duplicates: 'no' is not allowed \(expected true or false"):
+        load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("", "params.yaml: None is not allowed (expected a mapping of: seed, data,"),
+        ("seed: [1,\n", "params.yaml: not readable YAML ("),
+        (None, "params.yaml: no such file"),
+    ],
+    ids=["empty", "bad-yaml", "missing"],
+)
+def test_unreadable_params_file_is_one_line(tmp_path, text, message):
+    if text is not None:
+        (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(PipelineError) as err:
+        load_params(tmp_path / "params.yaml")
+    assert message in str(err.value) and "\n" not in str(err.value)
