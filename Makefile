@@ -37,6 +37,7 @@ format: setup
 bench: setup
 	python benchmarks/ingest_split.py
 	python benchmarks/training.py
+	python benchmarks/latency.py
 
 clean:
 	rm -rf data/dataset data/split data/cache models reports dvc_plots

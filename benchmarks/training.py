@@ -26,20 +26,20 @@ import numpy as np
 import torch
 
 from brain_tumor import train
-from brain_tumor.common import load_params, read_csv, seed_everything, write_csv
+from brain_tumor.common import load_params, read_table, seed_everything, write_table
 from brain_tumor.data import batch_indices, load_split
 from brain_tumor.evaluate import predict
 
 
 def subset_split(split_dir: Path, images: int, seed: int, out: Path) -> None:
     """The same split, cut to about `images` images (each split and class shrunk by the same factor)."""
-    rows = read_csv(split_dir / "split_manifest.csv")
+    rows = read_table(split_dir / "split_manifest.csv")
     keep = np.random.default_rng(seed).permutation(len(rows))[: min(images, len(rows))]
-    chosen = sorted((rows[i] for i in keep), key=lambda r: (r["split"], r["label"], r["id"]))
-    for r in chosen:
-        (out / r["file"]).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(split_dir / r["file"], out / r["file"])
-    write_csv(out / "split_manifest.csv", chosen)
+    chosen = rows.iloc[keep].sort_values(["split", "label", "id"])
+    for file in chosen["file"]:
+        (out / file).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(split_dir / file, out / file)
+    write_table(out / "split_manifest.csv", chosen)
 
 
 class SeededBatches:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .common import PipelineError
 
@@ -15,11 +16,58 @@ def weights_command(args: argparse.Namespace) -> None:
     print(resolve_weights())
 
 
+def predict_command(args: argparse.Namespace) -> None:
+    """P(tumor) for every scan under the PATHs: a table on stdout, or a CSV / JSON file with --out."""
+    from .predict import limits_from_params, load_model, operating_point, predict_paths, reasons_text, write_predictions
+
+    if args.out is not None and args.out.suffix not in (".csv", ".json"):
+        raise PipelineError(f"--out {args.out}: expected a .csv or .json file name")
+    if args.batch_size < 1:
+        raise PipelineError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise PipelineError(f"--threshold {args.threshold}: must be between 0 and 1")
+    model = load_model(args.model)
+    threshold, source = operating_point(model, args.threshold)
+    table = predict_paths(args.paths, model, threshold, args.batch_size, limits_from_params(), args.explain)
+    predicted = int(table["p_tumor"].notna().sum())
+    if not predicted:
+        raise PipelineError(f"no file could be predicted ({reasons_text(table) or 'no files found'})")
+    if args.out is not None:
+        write_predictions(table, args.out)
+    else:
+        print(f"model {model.name} (sha256 {model.sha256[:12]}), threshold {threshold:g} ({source})")
+        shown = table[["path", "p_tumor", "predicted_class", "reason"]]
+        print(shown.to_string(index=False, na_rep="", float_format="{:.4f}".format))
+    skipped = f"; not predicted: {reasons_text(table)}" if predicted < len(table) else ""
+    written = f"; written to {args.out}" if args.out is not None else ""
+    print(
+        f"predicted {predicted} of {len(table)} files with {model.name} at threshold {threshold:g} ({source})"
+        f"{skipped}{written}",
+        file=sys.stderr,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brain-tumor", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     weights = commands.add_parser("weights", help="locate and verify the MobileNetV2 ImageNet weights")
     weights.set_defaults(handler=weights_command)
+    predict = commands.add_parser(
+        "predict",
+        help="P(tumor) for scans: files, folders (recursive) or .zip archives",
+        description=predict_command.__doc__,
+    )
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or .zip archives")
+    predict.add_argument(
+        "--model", default="transfer", help="transfer | scratch (models/<name>.pt here) | FILE.pt | FILE.onnx"
+    )
+    predict.add_argument("--out", type=Path, help="write predictions.csv or predictions.json instead of a table")
+    predict.add_argument("--explain", type=Path, metavar="DIR", help="write a Grad-CAM overlay PNG per image here")
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument(
+        "--threshold", type=float, help="P(tumor) at or above which a scan is called tumor (default: the model's)"
+    )
+    predict.set_defaults(handler=predict_command)
     return parser
 
 

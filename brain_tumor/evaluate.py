@@ -19,6 +19,8 @@ from sklearn.metrics import (
 
 from .common import CLASSES, PipelineError, progress, write_json, write_table
 from .data import batch_indices, load_split, to_input
+from .explain import gallery
+from .export import threshold_file
 from .train import load_trained
 
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
@@ -132,8 +134,9 @@ def evaluate_models(
     test_at = {"test": {}, "test_operating_point": {}}
     intervals = {"test": {}, "test_operating_point": {}}
     validation: dict[str, dict[str, float]] = {}
+    trained = {name: load_trained(path) for name, path in model_paths.items()}  # all readable before any write
     for name, path in model_paths.items():
-        model, meta = load_trained(path)
+        model, meta = trained[name]
         val = load_split(split_dir, "val", meta["image_size"])
         test = load_split(split_dir, "test", meta["image_size"])
         if not len(test.labels) or not len(val.labels):
@@ -141,7 +144,7 @@ def evaluate_models(
         operating_point = choose_threshold(
             val.labels, predict(model, val.images, cfg["batch_size"]), cfg["target_sensitivity"]
         )
-        write_json(path.with_suffix(".threshold.json"), operating_point)
+        write_json(threshold_file(path), operating_point)
         score = predict(model, test.images, cfg["batch_size"])
         outcome = outcomes[name] = TestPredictions(test.labels, score, operating_point["threshold"], test.images)
         for key, predicted in (("test", outcome.predicted), ("test_operating_point", outcome.predicted_at_threshold)):
@@ -156,6 +159,7 @@ def evaluate_models(
             "threshold": operating_point["threshold"],
         }
         write_model_tables(name, outcome, test.ids, metrics_dir / "evaluate")
+        gallery(model, test.images, test.labels, score, outcome.threshold, figures_dir / f"gallery_{name}.png")
 
     for key, per_model in test_at.items():
         for metric, row in summary_rows(per_model, intervals[key]).items():

@@ -110,4 +110,4 @@ def executed_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-STAGE_NAMES = {"ingest", "split", "train-scratch", "train-transfer", "evaluate"}
+STAGE_NAMES = {"ingest", "split", "train-scratch", "train-transfer", "evaluate", "export"}

@@ -48,7 +48,8 @@ def test_code_dependencies_equal_the_imports(name):
     stage = STAGES[name]
     script = PROJECT / stage["cmd"].split()[-1]
     declared = {d for d in stage["deps"] if d.endswith(".py")}
-    assert declared == code_dependencies(script), f"stage {name}: deps differ from the imports"
+    imported = code_dependencies(script)
+    assert declared == imported, f"stage {name}: missing {sorted(imported - declared)}, extra {sorted(declared - imported)}"
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))

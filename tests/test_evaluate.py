@@ -1,8 +1,9 @@
 import itertools
 
 import numpy as np
+import pytest
 
-from brain_tumor.evaluate import binary_metrics, bootstrap_ci, json_number, roc_auc
+from brain_tumor.evaluate import binary_metrics, bootstrap_ci, choose_threshold, json_number, roc_auc
 
 
 def test_metrics_match_hand_counts():
@@ -48,3 +49,17 @@ def test_one_class_is_handled_on_purpose():
     ci = bootstrap_ci(y, pred, np.linspace(0, 1, 8), 20, seed=0)
     assert all(np.isnan(v) for v in ci["roc_auc"]) and ci["accuracy"][0] <= 0.75 <= ci["accuracy"][1]
     assert json_number(m["roc_auc"]) is None
+
+
+@pytest.mark.parametrize("target", [0.5, 0.9, 0.95, 1.0])
+def test_operating_point_meets_the_target_sensitivity_with_the_highest_threshold(target):
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 300)
+    p = np.clip(rng.normal(0.35 + 0.3 * y, 0.2), 0, 1)
+    point = choose_threshold(y, p, target)
+    sensitivity = ((p >= point["threshold"]) & (y == 1)).sum() / (y == 1).sum()
+    assert sensitivity >= target and np.isclose(sensitivity, point["validation_sensitivity"], atol=1e-4)
+    above = p[p > point["threshold"]].min()  # the next higher threshold misses the target
+    assert ((p >= above) & (y == 1)).sum() / (y == 1).sum() < target
+    specificity = ((p < point["threshold"]) & (y == 0)).sum() / (y == 0).sum()
+    assert np.isclose(specificity, point["validation_specificity"], atol=1e-4)

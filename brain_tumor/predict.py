@@ -1,0 +1,271 @@
+"""`brain-tumor predict`: P(tumor) for new scans, with a trained model (.pt) or its ONNX export (.onnx).
+
+Files are decoded by the ingest rules (`images.load_rgb`) and a file that cannot be used becomes a row
+with its reason, never a crash. This module imports no torch: the ONNX path runs on onnxruntime alone,
+and decoding, resizing and normalising are numpy and PIL code (`export.model_input`) that the PyTorch
+path shares, so the two paths cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .common import CLASSES, PipelineError, file_sha256, load_params, progress, write_json, write_table
+from .export import model_input, onnx_p_tumor, onnx_session, threshold_file
+from .images import IMAGE_SUFFIXES, RejectedFile, load_rgb, reject_blank, save_png
+from .ingest import _is_system_file, safe_extract, scan_files
+
+COLUMNS = ["path", "p_tumor", "predicted_class", "threshold", "model", "model_sha256", "reason"]
+DEFAULT_THRESHOLD = 0.5
+NAMED_MODELS = ("scratch", "transfer")  # models/<name>.pt, the train stages' outputs
+DEFAULT_MAX_PIXELS = 100_000_000  # data.max_image_pixels when there is no params.yaml
+DEFAULT_MAX_ARCHIVE_MB = 4096  # data.max_archive_mb, idem
+
+# ---------------------------------------------------------------- models
+
+
+@dataclass
+class Model:
+    """A loaded model: `p_tumor` maps a `model_input` batch to P(tumor) per image."""
+
+    path: Path
+    sha256: str
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    p_tumor: Callable[[np.ndarray], np.ndarray]
+    threshold: float | None = None  # the operating point stored inside an ONNX file
+    network: Any = None  # the torch module (.pt only): Grad-CAM needs it
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def model_path(spec: str) -> Path:
+    """`transfer` / `scratch` -> models/<name>.pt (relative to the current folder); anything else is a file."""
+    path = Path("models") / f"{spec}.pt" if spec in NAMED_MODELS else Path(spec)
+    if path.suffix not in (".pt", ".onnx"):
+        raise PipelineError(f"--model {spec}: expected scratch, transfer, a .pt or a .onnx file")
+    if not path.is_file():
+        raise PipelineError(f"{path}: no such model file; run `dvc repro` to build it or `dvc pull` to fetch it")
+    return path
+
+
+def load_model(spec: str) -> Model:
+    path = model_path(spec)
+    return load_onnx(path) if path.suffix == ".onnx" else load_torch(path)
+
+
+def load_torch(path: Path) -> Model:
+    import torch
+
+    from .train import load_trained
+
+    network, meta = load_trained(path)
+    network = network.to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def p_tumor(x: np.ndarray) -> np.ndarray:
+        logits = network(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
+        return torch.softmax(logits.float(), 1)[:, 1].numpy()
+
+    return Model(path, file_sha256(path), meta["image_size"], meta["mean"], meta["std"], p_tumor, network=network)
+
+
+def load_onnx(path: Path, threads: int = 0) -> Model:
+    """An ONNX file written by `export`: its preprocessing and operating point are in its metadata.
+
+    `threads` 0 lets ONNX Runtime choose (one per physical core).
+    """
+    session, meta = onnx_session(path, threads)
+    if "image_size" not in meta:
+        raise PipelineError(f"{path}: no preprocessing metadata; export it with `python stages/export.py`")
+    threshold = float(meta["threshold"]) if meta.get("threshold_source", "default") != "default" else None
+    return Model(
+        path,
+        file_sha256(path),
+        int(meta["image_size"]),
+        json.loads(meta["mean"]),
+        json.loads(meta["std"]),
+        onnx_p_tumor(session),
+        threshold=threshold,
+    )
+
+
+def operating_point(model: Model, override: float | None) -> tuple[float, str]:
+    """The threshold to use and where it came from: --threshold, the evaluate stage's file, the ONNX file, 0.5."""
+    if override is not None:
+        return override, "--threshold"
+    sidecar = threshold_file(model.path)
+    if sidecar.is_file():
+        return float(json.loads(sidecar.read_text())["threshold"]), str(sidecar)
+    if model.threshold is not None:
+        return model.threshold, f"{model.name} metadata"
+    return DEFAULT_THRESHOLD, f"default: no {sidecar}"
+
+
+# ---------------------------------------------------------------- inputs
+
+
+@dataclass
+class Limits:
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_archive_bytes: int = DEFAULT_MAX_ARCHIVE_MB * 2**20
+
+
+def limits_from_params(path: Path = Path("params.yaml")) -> Limits:
+    """Ingest's decompression-bomb and archive limits from params.yaml when there is one here."""
+    data = (load_params(path) or {}).get("data", {}) if path.is_file() else {}
+    return Limits(
+        int(data.get("max_image_pixels", DEFAULT_MAX_PIXELS)),
+        int(data.get("max_archive_mb", DEFAULT_MAX_ARCHIVE_MB)) * 2**20,
+    )
+
+
+@dataclass
+class Input:
+    path: str  # as shown in the output: the argument, a file below it, or archive.zip:member
+    file: Path | None  # where to read it; None when it was refused before decoding
+    reason: str = ""
+
+
+def list_inputs(args: list[str], limits: Limits, stack: ExitStack) -> list[Input]:
+    """Every file named or found below the arguments (folders recursively, .zip archives extracted)."""
+    inputs: list[Input] = []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            inputs += folder_inputs(path, str(path))
+        elif path.is_file() and path.suffix.lower() == ".zip":
+            inputs += archive_inputs(arg, limits, stack)
+        elif path.is_file():
+            inputs.append(Input(arg, path))
+        elif path.exists():
+            inputs.append(Input(arg, None, "special_file"))  # a FIFO, socket or device: reading one can hang
+        else:
+            inputs.append(Input(arg, None, "no_such_file"))
+    return inputs
+
+
+def archive_inputs(arg: str, limits: Limits, stack: ExitStack) -> list[Input]:
+    """A .zip extracted (safely, size-capped, as ingest does) into a folder that lives as long as `stack`."""
+    target = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="predict-")))
+    try:
+        refused = safe_extract(Path(arg), target, limits.max_archive_bytes)
+    except PipelineError:
+        return [Input(arg, None, "unreadable_archive")]
+    return [Input(f"{arg}:{r.source}", None, r.reason or "") for r in refused] + folder_inputs(target, f"{arg}:")
+
+
+def folder_inputs(root: Path, shown: str) -> list[Input]:
+    """The files below `root` as ingest lists them: system files skipped, links and special files refused."""
+    files, refused = scan_files(root)
+    prefix = shown if shown.endswith(":") else f"{shown.rstrip('/')}/"
+    inputs = [Input(f"{prefix}{r.source}", None, r.reason or "") for r in refused]
+    return inputs + [Input(f"{prefix}{f}", root / f) for f in files if not _is_system_file(f)]
+
+
+def decode(item: Input, limits: Limits) -> np.ndarray:
+    """The file's RGB pixels by ingest's rules, or RejectedFile with the reason ingest would give."""
+    if item.reason:
+        raise RejectedFile(item.reason)
+    if item.file.suffix.lower() not in IMAGE_SUFFIXES:
+        raise RejectedFile("not_an_image", f"suffix {item.file.suffix or '(none)'!r}")
+    rgb = load_rgb(item.file, limits.max_pixels)
+    reject_blank(rgb)
+    return rgb
+
+
+def decoded_batches(
+    inputs: list[Input], limits: Limits, batch_size: int, reasons: list[str]
+) -> Iterator[tuple[list[int], list[np.ndarray]]]:
+    """(row indices, images) in batches, streaming; sets reasons[i] for each file that cannot be used."""
+    rows: list[int] = []
+    images: list[np.ndarray] = []
+    for i, item in enumerate(progress(inputs, "predict", unit="file")):
+        try:
+            images.append(decode(item, limits))
+            rows.append(i)
+        except RejectedFile as err:
+            reasons[i] = err.reason
+        if len(rows) == batch_size:
+            yield rows, images
+            rows, images = [], []
+    if rows:
+        yield rows, images
+
+
+# ---------------------------------------------------------------- the command
+
+
+def overlay_name(path: str) -> str:
+    """One PNG name per input path: the path with its separators flattened, so names never collide."""
+    return path.strip("/").removeprefix("./").replace("/", "__").replace("\\", "__").replace(":", "__") + ".png"
+
+
+def predict_paths(
+    args: list[str],
+    model: Model,
+    threshold: float,
+    batch_size: int = 32,
+    limits: Limits | None = None,
+    explain_dir: Path | None = None,
+) -> pd.DataFrame:
+    """One row per input file (COLUMNS); files that cannot be used have an empty p_tumor and a reason.
+
+    With `explain_dir`, also one Grad-CAM overlay PNG per predicted image, at the image's own size.
+    """
+    limits = limits or Limits()
+    if explain_dir is not None:
+        if model.network is None:
+            raise PipelineError(f"--explain needs the PyTorch model (.pt); {model.name} has no gradients for Grad-CAM")
+        from .explain import blend, heatmaps
+
+        explain_dir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        inputs = list_inputs(args, limits, stack)
+        reasons = [""] * len(inputs)
+        p_tumor = np.full(len(inputs), np.nan)
+        for rows, images in decoded_batches(inputs, limits, batch_size, reasons):
+            x = model_input(images, model.image_size, model.mean, model.std)
+            p_tumor[rows] = model.p_tumor(x)
+            if explain_dir is not None:
+                heat = heatmaps(model.network, x, (p_tumor[rows] >= threshold).astype(int))
+                for i, rgb, h in zip(rows, images, heat, strict=True):
+                    save_png(blend(rgb, h), explain_dir / overlay_name(inputs[i].path))
+    predicted = np.where(p_tumor >= threshold, CLASSES[1], CLASSES[0])
+    return pd.DataFrame(
+        {
+            "path": [item.path for item in inputs],
+            "p_tumor": p_tumor.round(6),
+            "predicted_class": np.where(np.isnan(p_tumor), "", predicted),
+            "threshold": threshold,
+            "model": model.name,
+            "model_sha256": model.sha256,
+            "reason": reasons,
+        },
+        columns=COLUMNS,
+    )
+
+
+def write_predictions(table: pd.DataFrame, out: Path) -> None:
+    """CSV (empty p_tumor for unusable files) or JSON records (null p_tumor), by the file's suffix."""
+    if out.suffix == ".json":
+        write_json(out, json.loads(table.to_json(orient="records")))  # NaN -> null
+    else:
+        write_table(out, table)
+
+
+def reasons_text(table: pd.DataFrame) -> str:
+    counts = table.loc[table["reason"] != "", "reason"].value_counts().sort_index()
+    return ", ".join(f"{reason} {n}" for reason, n in counts.items())

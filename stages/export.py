@@ -1,0 +1,19 @@
+"""Stage export: models/{scratch,transfer}.pt (+ .threshold.json) -> models/{scratch,transfer}.onnx."""
+
+from pathlib import Path
+
+from brain_tumor.common import run_stage
+from brain_tumor.export import export_models
+
+
+def main() -> None:
+    models = {"scratch": Path("models/scratch.pt"), "transfer": Path("models/transfer.pt")}
+    for name, result in export_models(models).items():
+        print(
+            f"{name}: {result['onnx']} ({result['bytes'] / 2**20:.1f} MiB), "
+            f"ONNX Runtime vs PyTorch max |p_tumor difference| {result['max_abs_difference']:.1e}"
+        )
+
+
+if __name__ == "__main__":
+    run_stage(main)

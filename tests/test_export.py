@@ -1,0 +1,104 @@
+"""ONNX export: the file agrees with PyTorch, documents its preprocessing, and runs without torch."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+from conftest import truncated_jpeg, venv_env
+from test_predict import TRANSFER_THRESHOLD, build_tiny_models
+
+from brain_tumor.cli import main
+from brain_tumor.common import file_sha256
+from brain_tumor.data import load_split
+from brain_tumor.evaluate import predict as evaluate_predict
+from brain_tumor.export import PARITY_TOLERANCE, export_models, normalise
+from brain_tumor.predict import load_model
+
+KINDS = ("scratch", "transfer")
+
+
+@pytest.fixture
+def exported(tmp_path_factory, tiny_params, monkeypatch) -> Path:
+    """The tiny models of test_predict.py, exported once per session."""
+    base = tmp_path_factory.getbasetemp() / "tiny-models"
+    monkeypatch.setenv("BRAIN_TUMOR_CACHE", str(base / "cache"))
+    build_tiny_models(base, tiny_params)
+    if not (base / "models" / "transfer.onnx").exists():
+        export_models({kind: base / "models" / f"{kind}.pt" for kind in KINDS})
+    return base
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_onnx_runtime_matches_pytorch_on_the_test_images(exported, kind):
+    torch_model, onnx_model = (load_model(str(exported / "models" / f"{kind}{s}")) for s in (".pt", ".onnx"))
+    test = load_split(exported / "split", "test", torch_model.image_size)
+    expected = evaluate_predict(torch_model.network, test.images, 16)
+    x = normalise(np.asarray(test.images), onnx_model.mean, onnx_model.std)
+    assert np.abs(onnx_model.p_tumor(x) - expected).max() < PARITY_TOLERANCE
+    assert np.abs(onnx_model.p_tumor(x[:1]) - expected[:1]).max() < PARITY_TOLERANCE  # the batch axis is dynamic
+
+
+def test_metadata_documents_preprocessing_classes_threshold_and_source(exported):
+    model = onnx.load(str(exported / "models" / "transfer.onnx"))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["image_size"] == "64" and json.loads(props["mean"]) == [0.5, 0.5, 0.5] and props["color"] == "RGB"
+    assert "bilinear" in props["preprocessing"] and "NCHW" in props["preprocessing"]
+    assert json.loads(props["classes"]) == ["non_tumor", "tumor"] and "p_tumor" in props["output"]
+    assert float(props["threshold"]) == TRANSFER_THRESHOLD
+    assert props["source_model_sha256"] == file_sha256(exported / "models" / "transfer.pt")
+    scratch = {p.key: p.value for p in onnx.load(str(exported / "models" / "scratch.onnx")).metadata_props}
+    assert scratch["threshold"] == "0.5" and scratch["threshold_source"] == "default"
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param == "batch"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_predict_with_the_onnx_file_equals_predict_with_the_pt_file(exported, tmp_path, kind):
+    folder = exported / "split" / "test"
+    tables = {}
+    for suffix in (".pt", ".onnx"):
+        out = tmp_path / f"p{suffix}.csv"
+        assert (
+            main(["predict", str(folder), "--model", str(exported / "models" / f"{kind}{suffix}"), "--out", str(out)])
+            == 0
+        )
+        tables[suffix] = pd.read_csv(out)
+    pt, ox = tables[".pt"], tables[".onnx"]
+    assert (pt["path"] == ox["path"]).all() and (pt["threshold"] == ox["threshold"]).all()
+    assert np.abs(pt["p_tumor"] - ox["p_tumor"]).max() < PARITY_TOLERANCE
+
+
+def test_the_onnx_path_never_imports_torch(exported, tmp_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for path in sorted((exported / "split" / "test").rglob("*.png"))[:3]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    truncated_jpeg(folder / "broken.jpg", seed=2)
+    onnx_alone = tmp_path / "transfer.onnx"  # no threshold file beside it: the threshold comes from its metadata
+    onnx_alone.write_bytes((exported / "models" / "transfer.onnx").read_bytes())
+    out = tmp_path / "p.json"
+    script = (
+        "import sys\n"
+        "from brain_tumor.cli import main\n"
+        f"status = main(['predict', {str(folder)!r}, '--model', {str(onnx_alone)!r},"
+        f" '--out', {str(out)!r}])\n"
+        "assert status == 0, status\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], env=venv_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert len(rows) == 4 and sum(r["p_tumor"] is not None for r in rows) == 3
+    assert {r["threshold"] for r in rows} == {TRANSFER_THRESHOLD}
+    assert "transfer.onnx metadata" in result.stderr
+
+
+def test_explain_refuses_an_onnx_model(exported, tmp_path, capsys):
+    model = str(exported / "models" / "scratch.onnx")
+    assert main(["predict", str(exported / "split" / "test"), "--model", model, "--explain", str(tmp_path)]) == 1
+    assert "--explain needs the PyTorch model" in capsys.readouterr().err

@@ -1,0 +1,188 @@
+"""`brain-tumor predict` and Grad-CAM on tiny models trained here (shared with test_export.py)."""
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import save, scan, truncated_jpeg
+from PIL import Image
+
+from brain_tumor import explain, ingest, split, train
+from brain_tumor.cli import main
+from brain_tumor.common import file_sha256
+from brain_tumor.data import load_split
+from brain_tumor.evaluate import predict as evaluate_predict
+from brain_tumor.export import model_input
+from brain_tumor.predict import COLUMNS, load_model
+
+TRANSFER_THRESHOLD = 0.3  # what the evaluate stage would have chosen; scratch has no file: 0.5
+
+
+def build_tiny_models(base: Path, params: dict) -> Path:
+    """A tiny synthetic split and both models trained on it, built once per session in `base`.
+
+    The transfer model sees 64 px (MobileNetV2's last block is then 2x2, so Grad-CAM has a map to show).
+    """
+    if (base / "models" / "transfer.threshold.json").exists():
+        return base
+    params = params | {"train_transfer": params["train_transfer"] | {"image_size": 64}}
+    ingest.build_dataset(params, base / "raw", base / "dataset", base / "ingest.json")
+    split.split_dataset(params, base / "dataset", base / "split", base / "split.json", base / "people")
+    for kind in ("scratch", "transfer"):
+        train.train_model(kind, params, base / "split", base / "models" / f"{kind}.pt", base / "live" / kind)
+    point = {"threshold": TRANSFER_THRESHOLD, "target_sensitivity": 0.95}
+    point |= {"validation_sensitivity": 1.0, "validation_specificity": 0.5}
+    (base / "models" / "transfer.threshold.json").write_text(json.dumps(point))
+    return base
+
+
+@pytest.fixture
+def tiny(tmp_path_factory, tiny_params, monkeypatch) -> Path:
+    base = tmp_path_factory.getbasetemp() / "tiny-models"
+    monkeypatch.setenv("BRAIN_TUMOR_CACHE", str(base / "cache"))
+    return build_tiny_models(base, tiny_params)
+
+
+def split_test_images(tiny: Path) -> list[Path]:
+    return sorted((tiny / "split" / "test").rglob("*.png"))
+
+
+@pytest.fixture
+def scans(tiny: Path, tmp_path: Path) -> Path:
+    """Five test scans (one in a subfolder, one not square) and five files that ingest would refuse."""
+    folder = tmp_path / "scans"
+    (folder / "more").mkdir(parents=True)
+    images = split_test_images(tiny)[:4]
+    for i, path in enumerate(images):
+        shutil.copy(path, folder / ("more" if i == 0 else ".") / f"scan{i}.png")
+    save(folder / "wide.jpg", np.asarray(Image.open(images[0]).convert("RGB").resize((70, 50))))
+    truncated_jpeg(folder / "broken.jpg", seed=3)
+    (folder / "notes.txt").write_text("not a scan\n")
+    (folder / "empty.png").touch()
+    save(folder / "blank.png", np.full((40, 40, 3), 17, dtype=np.uint8))
+    (folder / "link.png").symlink_to(images[1])
+    return folder
+
+
+BAD = {
+    "broken.jpg": "truncated_or_corrupt",
+    "notes.txt": "not_an_image",
+    "empty.png": "empty_file",
+    "blank.png": "blank_image",
+    "link.png": "symlink",
+}
+
+
+def test_a_folder_with_bad_files_gives_a_row_per_file_and_exit_zero(tiny, scans, tmp_path, capsys):
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", str(scans), "--model", str(tiny / "models" / "transfer.pt"), "--out", str(out)]) == 0
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table.columns) == COLUMNS and len(table) == 10
+    names = table["path"].map(lambda p: Path(p).name)
+    bad = names.isin(list(BAD))
+    assert dict(zip(names[bad], table.loc[bad, "reason"])) == BAD
+    assert (table.loc[bad, "p_tumor"] == "").all() and (table.loc[bad, "predicted_class"] == "").all()
+    good = table[~bad]
+    p = good["p_tumor"].astype(float)
+    assert ((p >= 0) & (p <= 1)).all() and (good["reason"] == "").all()
+    assert (good["predicted_class"] == np.where(p >= TRANSFER_THRESHOLD, "tumor", "non_tumor")).all()
+    assert (table["threshold"] == TRANSFER_THRESHOLD).all() and (table["model"] == "transfer.pt").all()
+    assert (table["model_sha256"] == file_sha256(tiny / "models" / "transfer.pt")).all()
+    err = capsys.readouterr().err
+    assert "predicted 5 of 10" in err and "transfer.threshold.json" in err
+
+
+def test_table_on_stdout_json_file_and_default_threshold(tiny, scans, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tiny)  # `--model scratch` is models/scratch.pt here; it has no threshold file
+    assert main(["predict", str(scans / "scan1.png"), str(scans / "notes.txt"), "--model", "scratch"]) == 0
+    shown = capsys.readouterr()
+    assert "threshold 0.5 (default: no models/scratch.threshold.json)" in shown.out
+    assert "scan1.png" in shown.out and "not_an_image" in shown.out
+    out = tmp_path / "p.json"
+    assert main(["predict", str(scans), "--model", "scratch", "--out", str(out), "--batch-size", "2"]) == 0
+    rows = json.loads(out.read_text())
+    assert len(rows) == 10 and set(rows[0]) == set(COLUMNS)
+    assert all((r["p_tumor"] is None) == bool(r["reason"]) for r in rows)
+    assert {r["threshold"] for r in rows} == {0.5} and {r["model"] for r in rows} == {"scratch.pt"}
+
+
+def test_zip_members_are_predicted_and_unsafe_entries_refused(tiny, tmp_path):
+    archive = tmp_path / "scans.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i, path in enumerate(split_test_images(tiny)[:3]):
+            zf.write(path, f"batch/s{i}.png")
+        zf.writestr("../escape.png", b"x")
+        zf.writestr("__MACOSX/._s0.png", b"x")
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(archive), "--model", str(tiny / "models" / "scratch.pt"), "--out", str(out)]) == 0
+    table = pd.read_csv(out, keep_default_na=False).set_index("path")
+    assert table.loc[f"{archive}:../escape.png", "reason"] == "unsafe_zip_entry"
+    assert table.loc[[f"{archive}:batch/s{i}.png" for i in range(3)], "p_tumor"].astype(float).between(0, 1).all()
+    assert len(table) == 4  # the macOS resource fork is skipped, as ingest skips it
+
+
+def test_nothing_predictable_exits_non_zero_with_one_error_line(tiny, tmp_path, capsys):
+    truncated_jpeg(tmp_path / "only" / "broken.jpg", seed=1)
+    (tmp_path / "only" / "notes.txt").write_text("x")
+    model = str(tiny / "models" / "scratch.pt")
+    assert main(["predict", str(tmp_path / "only"), str(tmp_path / "missing.png"), "--model", model]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no file could be predicted")
+    assert "no_such_file 1" in err[0] and "truncated_or_corrupt 1" in err[0]
+
+
+def test_a_missing_model_says_how_to_get_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save(tmp_path / "a.png", scan(0))
+    assert main(["predict", "a.png"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "models/transfer.pt" in err[0] and "dvc repro" in err[0] and "dvc pull" in err[0]
+
+
+def test_predict_gives_the_evaluate_stage_probabilities(tiny):
+    """Same decoding, resize and normalisation as training and evaluation: the same p_tumor."""
+    model = load_model(str(tiny / "models" / "transfer.pt"))
+    test = load_split(tiny / "split", "test", model.image_size)
+    files = [
+        tiny / "split" / f for f in pd.read_csv(tiny / "split" / "split_manifest.csv").query("split == 'test'")["file"]
+    ]
+    ours = model.p_tumor(
+        model_input([np.asarray(Image.open(f).convert("RGB")) for f in files], 64, model.mean, model.std)
+    )
+    np.testing.assert_allclose(ours, evaluate_predict(model.network, test.images, 16), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["scratch", "transfer"])
+def test_overlay_has_the_image_size_and_a_heat_map_that_is_not_constant(tiny, kind):
+    model = load_model(str(tiny / "models" / f"{kind}.pt"))
+    images = [np.asarray(Image.open(f).convert("RGB")) for f in split_test_images(tiny)[:8]]
+    x = model_input(images, model.image_size, model.mean, model.std)
+    # a barely trained model has evidence (a positive map) for some images and classes, not all
+    spread = [np.ptp(explain.heatmaps(model.network, x, [c] * len(x)), axis=(1, 2)) for c in (0, 1)]
+    assert np.max(spread) > 0.5
+    assert all(p.grad is None for p in model.network.parameters())  # nothing left behind in the model
+    wide = np.asarray(Image.fromarray(images[0]).resize((70, 50)))
+    picture = explain.overlay(model.network, wide, model.image_size)
+    assert picture.shape == (50, 70, 3) and picture.dtype == np.uint8
+    assert np.abs(picture.astype(int) - wide).mean() > 5  # the heat map's colours are really laid over the scan
+
+
+def test_explain_writes_one_overlay_per_image_at_its_size(tiny, scans, tmp_path):
+    out, figures = tmp_path / "p.csv", tmp_path / "explain"
+    model = str(tiny / "models" / "transfer.pt")
+    assert main(["predict", str(scans), "--model", model, "--out", str(out), "--explain", str(figures)]) == 0
+    pngs = {p.name: Image.open(p).size for p in figures.glob("*.png")}
+    assert len(pngs) == 5 and all(not name.startswith("_") for name in pngs)
+    assert next(size for name, size in pngs.items() if name.endswith("wide.jpg.png")) == (70, 50)
+
+
+def test_gallery_is_one_png(tiny, tmp_path):
+    model = load_model(str(tiny / "models" / "scratch.pt"))
+    test = load_split(tiny / "split", "test", model.image_size)
+    p = evaluate_predict(model.network, test.images, 16)
+    explain.gallery(model.network, np.asarray(test.images), test.labels, p, 0.5, tmp_path / "g.png", 3, 2)
+    assert Image.open(tmp_path / "g.png").size[0] > 400
