@@ -51,6 +51,12 @@ def main() -> None:
         f"label conflicts {report['label_conflict_groups']}"
     )
     print("split:  " + ", ".join(f"{s} {split_report[s]}" for s in split.SPLITS))
+    grouping, leakage = split_report["grouping"], split_report["residual_leakage"]["test"]
+    print(
+        f"groups: {grouping['groups']} (largest {grouping['largest_group']}, "
+        f"{grouping['images_in_shared_groups']} images in shared groups); "
+        "test images by most similar training image: " + ", ".join(f"{k} {v}" for k, v in leakage.items())
+    )
 
 
 if __name__ == "__main__":

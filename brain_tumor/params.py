@@ -183,6 +183,10 @@ SCHEMA: dict[str, Any] = {
         "val": Float(0, 1),
         "test": Float(0, 1),
         "group_duplicates": Bool(),
+        "similarity_threshold": Float(0, 1, open_low=True, default=0.95),
+        "neighbour_threshold": Float(0, 1, open_low=True, default=0.85),
+        "mutual_neighbours": Int(0, 8, default=2),
+        "max_group_size": Int(low=2, default=100),
     },
     "train_scratch": TRAIN | {"image_size": Int(low=32, multiple_of=4)},
     "train_transfer": TRAIN | {"head": Choice(("linear", "mlp")), "unfreeze_last": Int(0, 19)},
@@ -202,8 +206,17 @@ def _split_sums_to_one(split: dict) -> str | None:
     return None
 
 
+def _neighbours_below_copies(split: dict) -> str | None:
+    if split["neighbour_threshold"] > split["similarity_threshold"]:
+        return "neighbour_threshold is above similarity_threshold (expected neighbour_threshold <= it)"
+    return None
+
+
 # checks across keys: (section, check returning what is wrong or None)
-RULES: list[tuple[str, Callable[[dict], str | None]]] = [("split", _split_sums_to_one)]
+RULES: list[tuple[str, Callable[[dict], str | None]]] = [
+    ("split", _split_sums_to_one),
+    ("split", _neighbours_below_copies),
+]
 
 
 def _show(value: Any) -> str:

@@ -49,7 +49,9 @@ def test_code_dependencies_equal_the_imports(name):
     script = PROJECT / stage["cmd"].split()[-1]
     declared = {d for d in stage["deps"] if d.endswith(".py")}
     imported = code_dependencies(script)
-    assert declared == imported, f"stage {name}: missing {sorted(imported - declared)}, extra {sorted(declared - imported)}"
+    assert declared == imported, (
+        f"stage {name}: missing {sorted(imported - declared)}, extra {sorted(declared - imported)}"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))

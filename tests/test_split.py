@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from brain_tumor.common import PipelineError
-from brain_tumor.split import SPLITS, assign_splits, check_fractions
+from brain_tumor.split import SPLITS, GroupingSettings, assign_splits, check_fractions
 
 
 def test_grouped_split_never_divides_a_group_and_meets_fractions():
@@ -33,3 +33,17 @@ def test_grouped_split_never_divides_a_group_and_meets_fractions():
 def test_fractions_must_sum_to_one():
     with pytest.raises(PipelineError, match="sum to 1"):
         check_fractions({"train": 0.7, "val": 0.2, "test": 0.2})
+
+
+def test_grouping_settings_have_defaults_and_refuse_inconsistent_values():
+    settings = GroupingSettings.from_params({"group_duplicates": True})
+    assert (settings.threshold, settings.neighbour_threshold, settings.mutual, settings.max_size) == (
+        0.95,
+        0.85,
+        2,
+        100,
+    )
+    with pytest.raises(PipelineError, match="neighbour_threshold <= similarity_threshold"):
+        GroupingSettings.from_params({"group_duplicates": True, "neighbour_threshold": 0.97})
+    with pytest.raises(PipelineError, match="max_group_size >= 2"):
+        GroupingSettings.from_params({"group_duplicates": True, "max_group_size": 1})

@@ -5,7 +5,6 @@ import subprocess
 
 import pytest
 import yaml
-
 from conftest import PROJECT
 
 WORKFLOW = PROJECT / ".github" / "workflows" / "pipeline.yml"
