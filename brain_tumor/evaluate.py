@@ -59,15 +59,16 @@ def bootstrap_ci(
         return {m: tuple(float(np.nanpercentile(draws[m], q)) for q in (2.5, 97.5)) for m in METRICS}
 
 
-@torch.inference_mode()
 def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int) -> np.ndarray:
     """P(tumor) for each image, model in eval mode, on the GPU when there is one."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # moved outside inference mode: parameters created inside it could not be used by Grad-CAM afterwards
     model.eval().to(device=device, memory_format=torch.channels_last)
-    out = [
-        torch.softmax(model(to_input(images[idx], device)).float(), 1)[:, 1].cpu().numpy()
-        for idx in progress(batch_indices(len(images), batch_size, None), "predict", unit="batch")
-    ]
+    with torch.inference_mode():
+        out = [
+            torch.softmax(model(to_input(images[idx], device)).float(), 1)[:, 1].cpu().numpy()
+            for idx in progress(batch_indices(len(images), batch_size, None), "predict", unit="batch")
+        ]
     return np.concatenate(out) if out else np.zeros(0)
 
 
