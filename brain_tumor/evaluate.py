@@ -110,7 +110,7 @@ def json_number(v: float) -> float | None:
 
 
 def summary_rows(per_model: dict[str, dict[str, float]], intervals: dict[str, dict] | None = None) -> dict[str, dict]:
-    """{metric: {model, model_ci_low, model_ci_high, ...}}: one small JSON file per metric.
+    """{metric: {model, model_ci_lower, model_ci_upper, ...}}: one small JSON file per metric (95% interval).
 
     DVC tables put one file per row and one key per column, so this shape prints as metrics x models.
     """
@@ -121,7 +121,7 @@ def summary_rows(per_model: dict[str, dict[str, float]], intervals: dict[str, di
             row[model] = json_number(value)
             if intervals is not None:
                 low, high = intervals[model][metric]
-                row |= {f"{model}_ci_low": json_number(low), f"{model}_ci_high": json_number(high)}
+                row |= {f"{model}_ci_lower": json_number(low), f"{model}_ci_upper": json_number(high)}
     return rows
 
 

@@ -35,8 +35,8 @@ def test_repro_metrics_plots_noop_and_experiments(project_repo, tmp_path):
         row = metrics[f"metrics/test/{metric}.json"]
         for model in MODELS:
             if metric != "roc_auc" or row[model] is not None:
-                assert row[f"{model}_ci_low"] <= row[model] <= row[f"{model}_ci_high"]
-        assert set(row) == {f"{m}{s}" for m in MODELS for s in ("", "_ci_low", "_ci_high")}
+                assert row[f"{model}_ci_lower"] <= row[model] <= row[f"{model}_ci_upper"]
+        assert set(row) == {f"{m}{s}" for m in MODELS for s in ("", "_ci_lower", "_ci_upper")}
     assert {f"metrics/test_operating_point/{m}.json" for m in METRICS} <= set(metrics)
     assert metrics["metrics/validation/best_epoch.json"]["transfer"] >= 1
     table, widest = wide(["dvc", "metrics", "show"], repo)
