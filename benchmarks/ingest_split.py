@@ -26,11 +26,7 @@ def main() -> None:
         report = ingest.ingest_folder(
             source,
             tmp / "dataset",
-            labels=ingest.folder_label_map(data),
-            near_duplicate_distance=data["near_duplicate_distance"],
-            max_reject_fraction=data["max_reject_fraction"],
-            max_pixels=data["max_image_pixels"],
-            processes=2,
+            **ingest.ingest_settings(data),
         )
         ingested = time.perf_counter()
         split_report = split.split_dataset(params, tmp / "dataset", tmp / "split", tmp / "split.json", tmp / "people")

@@ -69,11 +69,7 @@ def real(source: Path) -> None:
         ingest.ingest_folder(
             source,
             tmp / "dataset",
-            labels=ingest.folder_label_map(data),
-            near_duplicate_distance=data["near_duplicate_distance"],
-            max_reject_fraction=data["max_reject_fraction"],
-            max_pixels=data["max_image_pixels"],
-            processes=2,
+            **ingest.ingest_settings(data),
         )
         ingested = time.perf_counter()
         manifest = pd.read_csv(tmp / "dataset" / "manifest.csv", dtype=str)

@@ -458,6 +458,17 @@ def near_duplicate_groups(hashes: np.ndarray, max_distance: int) -> np.ndarray:
 # ---------------------------------------------------------------- the stage
 
 
+def ingest_settings(data: dict) -> dict:
+    """`ingest_folder`'s settings from the params' `data` section (the stage and the benchmarks share them)."""
+    return {
+        "labels": folder_label_map(data),
+        "near_duplicate_distance": int(data["near_duplicate_distance"]),
+        "max_reject_fraction": float(data["max_reject_fraction"]),
+        "max_pixels": int(data["max_image_pixels"]),
+        "processes": os.cpu_count() or 1,
+    }
+
+
 def ingest_folder(
     root: Path,
     out_dir: Path,
@@ -596,16 +607,6 @@ def build_dataset(params: dict, raw_dir: Path, out_dir: Path, report_path: Path)
             root, refused = work, []
         else:
             root, refused = open_source(source, raw_dir, work, int(data["max_archive_mb"]) * 2**20)
-        report = ingest_folder(
-            root,
-            out_dir,
-            labels=folder_label_map(data),
-            near_duplicate_distance=int(data["near_duplicate_distance"]),
-            max_reject_fraction=float(data["max_reject_fraction"]),
-            max_pixels=int(data["max_image_pixels"]),
-            processes=os.cpu_count() or 1,
-            pre_rejected=refused,
-            source_name=source,
-        )
+        report = ingest_folder(root, out_dir, **ingest_settings(data), pre_rejected=refused, source_name=source)
     write_json(report_path, report)
     return report
