@@ -19,6 +19,8 @@ from brain_tumor.evaluate import predict as evaluate_predict
 from brain_tumor.export import PARITY_TOLERANCE, export_models, normalise
 from brain_tumor.predict import load_model
 
+pytestmark = pytest.mark.slow  # builds and trains tiny models (about 20 s); `make test-fast` skips it
+
 KINDS = ("scratch", "transfer")
 
 

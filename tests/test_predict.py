@@ -19,6 +19,8 @@ from brain_tumor.evaluate import predict as evaluate_predict
 from brain_tumor.export import model_input
 from brain_tumor.predict import COLUMNS, load_model
 
+pytestmark = pytest.mark.slow  # builds and trains tiny models (about 20 s); `make test-fast` skips it
+
 TRANSFER_THRESHOLD = 0.3  # what the evaluate stage would have chosen; scratch has no file: 0.5
 
 

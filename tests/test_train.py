@@ -41,6 +41,7 @@ def trained_state(kind, params, split_dir, out: Path, **kw) -> dict:
     return torch.load(out / "model.pt", weights_only=True)
 
 
+@pytest.mark.slow
 def test_head_on_cached_features_matches_full_forward(split_dir, tiny_params, tmp_path):
     fast = trained_state("transfer", tiny_params, split_dir, tmp_path / "fast")
     slow = trained_state("transfer", tiny_params, split_dir, tmp_path / "slow", feature_cache=False)
@@ -50,6 +51,7 @@ def test_head_on_cached_features_matches_full_forward(split_dir, tiny_params, tm
     assert fast["meta"]["epoch"] == slow["meta"]["epoch"]
 
 
+@pytest.mark.slow
 def test_same_seed_same_model_other_seed_other_model(split_dir, tiny_params, tmp_path):
     a = trained_state("scratch", tiny_params, split_dir, tmp_path / "a")["state_dict"]
     b = trained_state("scratch", tiny_params, split_dir, tmp_path / "b")["state_dict"]
@@ -58,6 +60,7 @@ def test_same_seed_same_model_other_seed_other_model(split_dir, tiny_params, tmp
     assert not torch.equal(a["classifier.7.weight"], c["classifier.7.weight"])
 
 
+@pytest.mark.slow
 def test_dvclive_curves_have_one_row_per_epoch(split_dir, tiny_params, tmp_path):
     trained_state("scratch", tiny_params, split_dir, tmp_path / "run")
     for name in ("train/loss", "val/loss", "train/accuracy", "val/accuracy"):
