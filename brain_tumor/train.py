@@ -253,6 +253,13 @@ def build_model(kind: str, cfg: dict) -> nn.Module:
     return model
 
 
+def save_model(saved: dict, path: Path) -> None:
+    """torch.save through a file object: given a path, torch names the archive's root folder after the file,
+    and the temporary file's name holds the pid, so the same model would hash differently on every run."""
+    with open(path, "wb") as f:
+        torch.save(saved, f)
+
+
 def load_trained(path: Path) -> tuple[nn.Module, dict]:
     """A model file written by a training stage, and its metadata."""
     if not path.is_file():
@@ -339,7 +346,7 @@ def train_model(
     def save_best(epoch: int, val_loss: float) -> None:
         best.update(epoch=epoch, val_loss=val_loss, val_accuracy=latest["val"].accuracy)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        atomic_write(model_path, lambda p: torch.save({"state_dict": state, "meta": meta | best}, p))
+        atomic_write(model_path, lambda p: save_model({"state_dict": state, "meta": meta | best}, p))
 
     # DVCLive: params, per-epoch curves (plots/metrics/{train,val}/*.tsv), a markdown report; the summary
     # (metrics.json) adds the best epoch, since the saved model is the best epoch's, not the last one's.

@@ -66,6 +66,8 @@ def test_repro_metrics_plots_noop_and_experiments(project_repo, tmp_path):
     sh(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
     assert executed_stages(sh(["dvc", "repro"], clone).stdout) == STAGE_NAMES
     assert metrics_of(json.loads(sh(["dvc", "metrics", "show", "--json"], clone).stdout)) == metrics
+    # byte for byte: every output, models included, hashes as in the original run
+    assert (clone / "dvc.lock").read_text() == (repo / "dvc.lock").read_text()
 
     sh(["dvc", "exp", "run", "-S", "train_transfer.lr=0.01"], repo)
     exp = json.loads(sh(["dvc", "exp", "show", "--json"], repo).stdout)
