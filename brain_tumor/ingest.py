@@ -578,13 +578,16 @@ def data_report(
     }
 
 
+SYNTHETIC_SOURCE = Path("data/synthetic")  # a committed folder: DVC's dependency when data.source selects it
+
+
 def open_source(source: str, raw_dir: Path, workdir: Path, max_bytes: int) -> tuple[Path, list[Item]]:
     """Resolve `data.source` (a folder or .zip under `raw_dir`) to a folder to read, plus refused zip entries."""
     path = Path(source)
     if not path.exists():
         raise PipelineError(f"data.source: {source!r} does not exist")
     if not path.resolve().is_relative_to(raw_dir.resolve()):
-        raise PipelineError(f"data.source: {source!r} is not under {raw_dir}/ (or 'synthetic')")
+        raise PipelineError(f"data.source: {source!r} is not under {raw_dir}/ (or {SYNTHETIC_SOURCE})")
     if path.is_dir():
         return path, []
     if path.is_file() and path.suffix.lower() == ".zip":  # is_file: a FIFO named .zip would hang the reader
@@ -599,7 +602,7 @@ def build_dataset(params: dict, raw_dir: Path, out_dir: Path, report_path: Path)
     data = params["data"]
     with scratch_dir(out_dir.parent, "ingest") as work:  # next to the output, removed even after a kill
         source = str(data["source"])
-        if source == "synthetic":
+        if Path(source) == SYNTHETIC_SOURCE:  # the built-in set, generated from data.synthetic
             from .synthetic import write_kaggle_layout
 
             syn = data["synthetic"]

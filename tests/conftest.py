@@ -87,6 +87,7 @@ def init_project_repo(parent: Path, params: dict) -> Path:
         shutil.copytree(PROJECT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(PROJECT / name, repo / name)
+    shutil.copytree(PROJECT / "data" / "synthetic", repo / "data" / "synthetic")
     (repo / "data" / "raw").mkdir(parents=True)
     (repo / "data" / "raw" / "README.md").write_text("user data goes here\n")
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
