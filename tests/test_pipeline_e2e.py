@@ -1,11 +1,13 @@
 """The real `dvc` CLI on a temporary repository: what a user does, on tiny synthetic data."""
 
 import json
+import os
+import subprocess
 import time
 
 import pytest
 import yaml
-from conftest import STAGE_NAMES, executed_stages, sh
+from conftest import STAGE_NAMES, executed_stages, sh, venv_env
 
 pytestmark = pytest.mark.e2e
 MODELS = ("scratch", "transfer")
@@ -144,3 +146,23 @@ def test_bad_source_fails_in_one_line_without_outputs(project_repo, setup, messa
     assert not (repo / "data" / "dataset").exists() and not (repo / "metrics" / "ingest.json").exists()
     assert sh(["dvc", "repro"], repo, check=False).returncode != 0
     assert not (repo / "data" / "dataset").exists()
+
+
+def test_other_files_under_data_raw_do_not_reach_dvc(project_repo):
+    """Ingest depends on `${data.source}` alone: a FIFO or a non-UTF-8 name elsewhere under data/raw
+    neither hangs nor breaks DVC (it would if all of data/raw were a dependency)."""
+    junk = project_repo / "data" / "raw" / "unrelated"
+    junk.mkdir()
+    os.mkfifo(junk / "pipe")
+    (junk / os.fsdecode(b"caf\xe9.png")).write_bytes(b"x")
+    result = subprocess.run(
+        ["dvc", "status"],
+        cwd=project_repo,
+        env=venv_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ingest" in result.stdout  # reported as never run, not as an error
