@@ -84,6 +84,17 @@ def reject_blank(rgb: np.ndarray) -> None:
         raise RejectedFile("blank_image", f"all pixels within {int(rgb.max()) - int(rgb.min())} grey levels")
 
 
+def decode_scan(path: Path, max_pixels: int) -> np.ndarray:
+    """A scan file's RGB pixels by the pipeline's rules (suffix, decoding, not blank), or RejectedFile.
+
+    Ingest and `brain-tumor predict` both call this, so a file is refused for the same reason in both."""
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise RejectedFile("not_an_image", f"suffix {path.suffix or '(none)'!r}")
+    rgb = load_rgb(path, max_pixels)
+    reject_blank(rgb)
+    return rgb
+
+
 def pixel_sha256(rgb: np.ndarray) -> str:
     """Hash of the decoded pixels and shape: equal for byte-different files that decode alike."""
     digest = hashlib.sha256(np.asarray(rgb.shape, dtype=np.int64).tobytes())

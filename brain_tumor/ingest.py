@@ -38,7 +38,7 @@ from .common import (
     write_json,
     write_table,
 )
-from .images import IMAGE_SUFFIXES, RejectedFile, load_rgb, perceptual_hash, pixel_sha256, reject_blank, save_png
+from .images import RejectedFile, decode_scan, perceptual_hash, pixel_sha256, save_png
 
 SYSTEM_FILES = ("__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini")
 
@@ -142,7 +142,7 @@ def _check_archive(archive: Path, members: list[zipfile.ZipInfo], max_bytes: int
                 f"{entry} uses compression method {m.compress_type}, which Python cannot read; "
                 f"re-create the archive with one of: {', '.join(ZIP_METHODS.values())}"
             )
-        if m.filename.lower().endswith(".zip") and not _is_system_file(PurePosixPath(m.filename)):
+        if m.filename.lower().endswith(".zip") and not is_system_file(PurePosixPath(m.filename)):
             raise PipelineError(f"{entry} is itself a zip archive; extract it and set data.source to it")
 
 
@@ -166,7 +166,7 @@ def _copy_entry(archive: Path, zf: zipfile.ZipFile, member: zipfile.ZipInfo, out
 # ---------------------------------------------------------------- finding the files and their labels
 
 
-def _is_system_file(rel: PurePosixPath) -> bool:
+def is_system_file(rel: PurePosixPath) -> bool:
     return any(part in SYSTEM_FILES or part.startswith("._") for part in rel.parts)
 
 
@@ -288,7 +288,7 @@ def read_label_table(path: Path, name: str | None = None) -> pd.DataFrame:
 def find_label_csv(root: Path, files: list[PurePosixPath], name: str | None = None) -> PurePosixPath | None:
     """The Kaggle label table: a CSV at the root or one level down with `Image` and `Class` columns."""
     name = name or str(root)
-    candidates = [f for f in files if f.suffix.lower() == ".csv" and len(f.parts) <= 2 and not _is_system_file(f)]
+    candidates = [f for f in files if f.suffix.lower() == ".csv" and len(f.parts) <= 2 and not is_system_file(f)]
     columns = {f: set(label_table_columns(root / f, f"{name}/{f}")) for f in candidates}
     with_image = [f for f in candidates if "Image" in columns[f]]
     with_class = [f for f in with_image if "Class" in columns[f]]
@@ -316,7 +316,7 @@ def kaggle_items(
     refused_paths = {PurePosixPath(item.source) for item in refused}
     by_name: dict[str, PurePosixPath] = {}
     for f in [*files, *sorted(refused_paths)]:
-        if f not in tables and not _is_system_file(f):
+        if f not in tables and not is_system_file(f):
             by_name.setdefault(f.name.lower(), f)
             by_name.setdefault(f.stem.lower(), f)
     items: list[Item] = []
@@ -346,7 +346,7 @@ def kaggle_items(
         if item is not None:
             items.append(item)
     for f in files:
-        if f not in first and f not in tables and not _is_system_file(f):
+        if f not in first and f not in tables and not is_system_file(f):
             items.append(Item(f.as_posix(), reason="not_in_csv", detail=f"not listed in {table}"))
     return items
 
@@ -365,7 +365,7 @@ def folder_items(root: Path, files: list[PurePosixPath], labels: dict[str, str],
     mapping = {str(k).lower(): CLASSES.index(v) for k, v in labels.items()}
     items = []
     for f in files:
-        if _is_system_file(f):
+        if is_system_file(f):
             continue
         label = next((mapping[p.lower()] for p in reversed(f.parts[:-1]) if p.lower() in mapping), None)
         if label is None:
@@ -386,7 +386,7 @@ def list_items(root: Path, labels: dict[str, str], name: str | None = None) -> t
     (e.g. __MACOSX) skipped. `name` is how messages call `root` (the user's source, not a scratch folder)."""
     name = name or str(root)
     files, refused = scan_files(root)
-    system = sum(_is_system_file(f) for f in files)
+    system = sum(is_system_file(f) for f in files)
     if len(files) == system:
         refused_text = f" ({_reasons_text(Counter(item.reason for item in refused))} refused)" if refused else ""
         raise PipelineError(f"{name}: no files found{refused_text}")
@@ -405,10 +405,7 @@ def _decode(args: tuple[Path, Item, Path, int]) -> Decoded:
         return out
     path = root / item.source
     try:
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            raise RejectedFile("not_an_image", f"suffix {path.suffix or '(none)'!r}")
-        rgb = load_rgb(path, max_pixels)
-        reject_blank(rgb)
+        rgb = decode_scan(path, max_pixels)
     except RejectedFile as err:
         out.reason, out.detail = err.reason, err.detail
         return out

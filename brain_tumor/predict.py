@@ -21,8 +21,8 @@ import pandas as pd
 
 from .common import CLASSES, PipelineError, file_sha256, load_params, progress, write_json, write_table
 from .export import model_input, onnx_p_tumor, onnx_session, threshold_file
-from .images import IMAGE_SUFFIXES, RejectedFile, load_rgb, reject_blank, save_png
-from .ingest import _is_system_file, safe_extract, scan_files
+from .images import RejectedFile, decode_scan, save_png
+from .ingest import is_system_file, safe_extract, scan_files
 
 COLUMNS = ["path", "p_tumor", "predicted_class", "threshold", "model", "model_sha256", "reason"]
 DEFAULT_THRESHOLD = 0.5
@@ -172,18 +172,14 @@ def folder_inputs(root: Path, shown: str) -> list[Input]:
     files, refused = scan_files(root)
     prefix = shown if shown.endswith(":") else f"{shown.rstrip('/')}/"
     inputs = [Input(f"{prefix}{r.source}", None, r.reason or "") for r in refused]
-    return inputs + [Input(f"{prefix}{f}", root / f) for f in files if not _is_system_file(f)]
+    return inputs + [Input(f"{prefix}{f}", root / f) for f in files if not is_system_file(f)]
 
 
 def decode(item: Input, limits: Limits) -> np.ndarray:
     """The file's RGB pixels by ingest's rules, or RejectedFile with the reason ingest would give."""
     if item.reason:
         raise RejectedFile(item.reason)
-    if item.file.suffix.lower() not in IMAGE_SUFFIXES:
-        raise RejectedFile("not_an_image", f"suffix {item.file.suffix or '(none)'!r}")
-    rgb = load_rgb(item.file, limits.max_pixels)
-    reject_blank(rgb)
-    return rgb
+    return decode_scan(item.file, limits.max_pixels)
 
 
 def decoded_batches(
