@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from brain_tumor import ingest, split
-from brain_tumor.common import load_params
+from brain_tumor.params import load_params
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-tumor-mri"
 

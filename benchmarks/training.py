@@ -26,9 +26,11 @@ import numpy as np
 import torch
 
 from brain_tumor import train
-from brain_tumor.common import load_params, read_table, seed_everything, write_table
 from brain_tumor.data import batch_indices, load_split
 from brain_tumor.evaluate import predict
+from brain_tumor.outputs import read_table, write_table
+from brain_tumor.params import load_params
+from brain_tumor.train import seed_everything
 
 
 def subset_split(split_dir: Path, images: int, seed: int, out: Path) -> None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import PipelineError
+from .errors import PipelineError
 
 
 def weights_command(args: argparse.Namespace) -> None:

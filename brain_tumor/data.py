@@ -22,18 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import (
-    PipelineError,
-    file_sha256,
-    one_line,
-    pool_worker_init,
-    progress,
-    read_table,
-    temporary_dir,
-    warn,
-    write_json,
-)
+from .console import progress
+from .errors import PipelineError, one_line, warn
 from .images import resize_rgb
+from .outputs import file_sha256, read_table, temporary_dir, write_json
+from .stage import pool_worker_init
 
 MEAN = STD = (0.5, 0.5, 0.5)  # the seed's Normalize((0.5,)*3, (0.5,)*3)
 CACHE_FORMAT = "v3"  # a folder per entry: array.npy + meta.json

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .common import CLASSES
+from .labels import CLASSES
 from .plotting import plt, save_figure
 
 

@@ -17,11 +17,14 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from .common import CLASSES, PipelineError, progress, write_json, write_table
+from .checkpoint import load_trained
+from .console import progress
 from .data import batch_indices, load_split, to_input
+from .errors import PipelineError
 from .explain import gallery
-from .export import threshold_file
-from .train import load_trained
+from .inference import write_threshold
+from .labels import CLASSES
+from .outputs import file_sha256, write_json, write_table
 
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
 
@@ -145,14 +148,12 @@ def evaluate_models(
         operating_point = choose_threshold(
             val.labels, predict(model, val.images, cfg["batch_size"]), cfg["target_sensitivity"]
         )
-        write_json(threshold_file(path), operating_point)
+        write_threshold(path, operating_point, file_sha256(path))
         score = predict(model, test.images, cfg["batch_size"])
         outcome = outcomes[name] = TestPredictions(test.labels, score, operating_point["threshold"], test.images)
         for key, predicted in (("test", outcome.predicted), ("test_operating_point", outcome.predicted_at_threshold)):
             test_at[key][name] = binary_metrics(outcome.labels, predicted, score)
-            intervals[key][name] = bootstrap_ci(
-                outcome.labels, predicted, score, cfg["bootstrap_samples"], params["seed"]
-            )
+            intervals[key][name] = bootstrap_ci(outcome.labels, predicted, score, cfg["bootstrap_samples"], cfg["seed"])
         validation[name] = {
             "best_epoch": meta["epoch"],
             "best_loss": meta["val_loss"],
@@ -173,7 +174,7 @@ def evaluate_models(
     for name, outcome in outcomes.items():
         confusion_figure(outcome, name, figures_dir / f"confusion_{name}.png")
     operating_point_figure(outcomes, figures_dir / "roc_pr.png")
-    prediction_grid(outcomes, cfg["grid_images"], params["seed"], figures_dir / "test_predictions.png")
+    prediction_grid(outcomes, cfg["grid_images"], cfg["seed"], figures_dir / "test_predictions.png")
     return test_at["test"]
 
 

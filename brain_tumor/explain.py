@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .common import CLASSES
 from .data import MEAN, STD
-from .export import model_input
+from .inference import model_input
+from .labels import CLASSES
 from .models import ScratchCNN, TransferNet
 
 OVERLAY_IMAGE_WEIGHT = 0.6  # share of the scan in the overlay; the rest is the heat map's colour

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import CLASSES
+from .labels import CLASSES
 from .plotting import plt, save_figure
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .common import PipelineError, file_sha256
+from .errors import PipelineError
+from .outputs import file_sha256
 
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"  # torchvision's MobileNet_V2_Weights.IMAGENET1K_V1
 WEIGHTS_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
@@ -18,8 +19,9 @@ WEIGHTS_URL = f"https://download.pytorch.org/models/{WEIGHTS_FILE}"
 class ScratchCNN(nn.Module):
     """The seed notebook's CNN: 2 conv blocks, then 16*(s/4)^2 -> 2048 -> 512 -> 128 -> 2."""
 
-    def __init__(self, image_size: int = 224):
+    def __init__(self, image_size: int = 224, tta: bool = False):
         super().__init__()
+        self.tta = tta  # in eval mode, average the logits over the scan and its mirror
         if image_size % 4:
             raise PipelineError(f"train_scratch.image_size: {image_size} is not a multiple of 4")
         self.features = nn.Sequential(
@@ -42,7 +44,15 @@ class ScratchCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        return flip_averaged(lambda v: self.classifier(self.features(v)), x, self.tta and not self.training)
+
+
+def flip_averaged(forward, x: torch.Tensor, average: bool) -> torch.Tensor:
+    """`forward(x)`, or with `average` the mean of the logits for x and its left-right mirror (test-time
+    augmentation: brains are near-symmetric, so both views are evidence for the same class)."""
+    if not average:
+        return forward(x)
+    return (forward(x) + forward(x.flip(-1))) / 2
 
 
 class TransferNet(nn.Module):
@@ -53,8 +63,9 @@ class TransferNet(nn.Module):
     and the backbone's output is a pure function of the image (which is what makes feature caching exact).
     """
 
-    def __init__(self, head: str = "linear", image_size: int = 224, unfreeze_last: int = 0):
+    def __init__(self, head: str = "linear", image_size: int = 224, unfreeze_last: int = 0, tta: bool = False):
         super().__init__()
+        self.tta = tta  # in eval mode, average the logits over the scan and its mirror
         from torchvision.models import mobilenet_v2
 
         self.backbone = mobilenet_v2(weights=None).features
@@ -69,7 +80,6 @@ class TransferNet(nn.Module):
             )
         else:
             raise PipelineError(f"train_transfer.head: {head!r} is not 'linear' or 'mlp'")
-        self.embed_width = next(m for m in self.head if isinstance(m, nn.Linear)).in_features  # what `embed` returns
         n_blocks = len(self.backbone)
         if not 0 <= unfreeze_last <= n_blocks:
             raise PipelineError(f"train_transfer.unfreeze_last: {unfreeze_last} is not between 0 and {n_blocks}")
@@ -83,28 +93,39 @@ class TransferNet(nn.Module):
             block.eval()
         return self
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """What the head sees: the pooled (linear) or flattened (mlp) backbone output."""
-        return self.pool(self.backbone(x))
+    def prefix_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen blocks' output (pooled when the whole backbone is frozen): a pure function of the image."""
+        x = self.backbone[: self.n_frozen](x)
+        return self.pool(x) if self.n_frozen == len(self.backbone) else x
+
+    def trainable_part(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits from `prefix_output`: the trainable blocks, pooling and the head."""
+        if self.n_frozen < len(self.backbone):
+            x = self.pool(self.backbone[self.n_frozen :](x))
+        return self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(x))
+        return flip_averaged(lambda v: self.trainable_part(self.prefix_output(v)), x, self.tta and not self.training)
 
-    def inference_embedder(self) -> nn.Module:
-        """A copy of `embed` for inference only, each BatchNorm folded into the conv before it.
+    def frozen_prefix(self) -> nn.Module:
+        """A copy of the frozen blocks for inference only (pooled too when the whole backbone is frozen),
+        each BatchNorm folded into the conv before it.
 
-        Same function up to float rounding, about a third faster on the CPU (BatchNorm was a third of
-        the frozen backbone's time); the model itself, and so the saved state_dict, is left as it is.
+        Its output is what `trainable_part` takes (pooled when nothing trains). Same function up to float
+        rounding, about a third faster on the CPU (BatchNorm was a third of the frozen backbone's time); the
+        model itself, and so the saved state_dict, is left as it is.
         """
         from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-        backbone = copy.deepcopy(self.backbone).eval()
-        for block in backbone.modules():
+        prefix = copy.deepcopy(self.backbone[: self.n_frozen]).eval()
+        for block in prefix.modules():
             if isinstance(block, nn.Sequential):
                 for i in range(len(block) - 1):
                     if isinstance(block[i], nn.Conv2d) and isinstance(block[i + 1], nn.BatchNorm2d):
                         block[i], block[i + 1] = fuse_conv_bn_eval(block[i], block[i + 1]), nn.Identity()
-        return nn.Sequential(backbone, self.pool).to(memory_format=torch.channels_last)
+        if self.n_frozen == len(self.backbone):
+            prefix = nn.Sequential(prefix, self.pool)
+        return prefix.to(memory_format=torch.channels_last)
 
 
 class GlobalDropout(nn.Dropout):
@@ -135,10 +156,12 @@ def _global_rows(n: int) -> tuple[int, int]:
     return sum(sizes[: dist.get_rank()]), sum(sizes)
 
 
-def seed_dropout(model: nn.Module, seed: int) -> None:
-    for module in model.modules():
-        if isinstance(module, GlobalDropout):
-            module.generator.manual_seed(seed)
+def seed_dropout(model: nn.Module, seed: int) -> list[torch.Generator]:
+    """Seed every GlobalDropout's generator; returns them (a resumed run restores their states)."""
+    generators = [m.generator for m in model.modules() if isinstance(m, GlobalDropout)]
+    for generator in generators:
+        generator.manual_seed(seed)
+    return generators
 
 
 class _AllReduceSum(torch.autograd.Function):

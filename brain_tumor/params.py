@@ -12,11 +12,12 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .common import PipelineError
+from .errors import PipelineError
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
@@ -120,12 +121,13 @@ class Choice:
 @dataclass(frozen=True)
 class Text:
     default: str | None = None
+    max_length: int = 255
 
     def allowed(self) -> str:
-        return "a non-empty string"
+        return f"a non-empty string of at most {self.max_length} characters"
 
     def parse(self, value: Any) -> str:
-        if not isinstance(value, str) or not value.strip():
+        if not isinstance(value, str) or not value.strip() or len(value) > self.max_length:
             raise Invalid(self.allowed())
         return value
 
@@ -153,22 +155,27 @@ def _within(value: float, low, high, open_low: bool = False, open_high: bool = F
 
 Spec = Int | Float | Bool | Choice | Text | TextList
 
+SEED = Int(0, 2**32 - 1)  # numpy and torch take seeds in this range
 TRAIN = {
-    "image_size": Int(low=32),
-    "batch_size": Int(low=1),
-    "epochs": Int(low=1),
-    "lr": Float(low=0, open_low=True),
+    "seed": SEED,
+    "image_size": Int(32, 1024),
+    "batch_size": Int(1, 4096),
+    "epochs": Int(1, 10000),
+    "lr": Float(0, 1, open_low=True),
+    "lr_schedule": Choice(("constant", "cosine"), default="constant"),
+    "label_smoothing": Float(0, 0.5, open_high=True, default=0.0),
     "augment": Bool(),
+    "tta_flip": Bool(default=False),
     "precision": Choice(("fp32", "bf16", "auto")),
 }
 
 SCHEMA: dict[str, Any] = {
-    "seed": Int(),
     "data": {
         "source": Text(),
         "synthetic": {
-            "n_images": Int(low=2),
-            "image_size": Int(low=32),
+            "seed": SEED,
+            "n_images": Int(2, 100_000),
+            "image_size": Int(32, 1024),
             "tumor_fraction": Float(0, 1, open_low=True, open_high=True),
         },
         "tumor_folders": TextList(),
@@ -179,6 +186,7 @@ SCHEMA: dict[str, Any] = {
         "max_image_pixels": Int(low=1),
     },
     "split": {
+        "seed": SEED,
         "train": Float(0, 1),
         "val": Float(0, 1),
         "test": Float(0, 1),
@@ -188,12 +196,13 @@ SCHEMA: dict[str, Any] = {
         "mutual_neighbours": Int(0, 8, default=2),
         "max_group_size": Int(low=2, default=100),
     },
-    "train_scratch": TRAIN | {"image_size": Int(low=32, multiple_of=4)},
+    "train_scratch": TRAIN | {"image_size": Int(32, 1024, multiple_of=4)},
     "train_transfer": TRAIN | {"head": Choice(("linear", "mlp")), "unfreeze_last": Int(0, 19)},
     "evaluate": {
-        "batch_size": Int(low=1),
-        "bootstrap_samples": Int(low=1),
-        "grid_images": Int(low=1),
+        "seed": SEED,
+        "batch_size": Int(1, 4096),
+        "bootstrap_samples": Int(1, 100_000),
+        "grid_images": Int(1, 256),
         "target_sensitivity": Float(0, 1, open_low=True, default=0.95),
     },
 }
@@ -258,3 +267,15 @@ def validate_params(raw: Any, source: str = "params.yaml") -> dict:
         if problem := rule(params[section]):
             raise PipelineError(f"{source}: {section}: {problem}")
     return params
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """params.yaml, checked against the schema (params.py) before a stage does any work."""
+    path = Path(path)
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=ParamsLoader)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise PipelineError(f"{path}: not readable YAML ({' '.join(str(err).split())})") from None
+    return validate_params(raw, str(path))

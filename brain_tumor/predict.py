@@ -19,10 +19,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .common import CLASSES, PipelineError, file_sha256, load_params, progress, write_json, write_table
-from .export import model_input, onnx_p_tumor, onnx_session, threshold_file
+from .console import progress
+from .errors import PipelineError
 from .images import RejectedFile, decode_scan, save_png
-from .ingest import is_system_file, safe_extract, scan_files
+from .inference import model_input, onnx_p_tumor, onnx_session, threshold_file
+from .labels import CLASSES
+from .outputs import file_sha256, write_json, write_table
+from .params import load_params
+from .sources import is_system_file, safe_extract, scan_files
 
 COLUMNS = ["path", "p_tumor", "predicted_class", "threshold", "model", "model_sha256", "reason"]
 DEFAULT_THRESHOLD = 0.5
@@ -69,7 +73,7 @@ def load_model(spec: str) -> Model:
 def load_torch(path: Path) -> Model:
     import torch
 
-    from .train import load_trained
+    from .checkpoint import load_trained
 
     network, meta = load_trained(path)
     network = network.to(memory_format=torch.channels_last)

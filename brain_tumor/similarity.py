@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .common import pool_worker_init, progress
+from .console import progress
+from .stage import pool_worker_init
 
 GRID = 32  # the descriptor is GRID x GRID band-passed values
 DIM = GRID * GRID

@@ -1,19 +1,30 @@
-"""One training loop for both models, the decode-once and feature-cache fast paths, and the stage runner.
+"""One training loop for both models, the decode-once and frozen-prefix fast paths, resumable runs.
 
-Fast paths never change results: images are decoded once into a uint8 cache (data.py); with a frozen
-backbone and no augmentation, the backbone's output for each image is computed once and the head is
-trained on it, which is the same computation as running the frozen backbone every epoch.
+Fast paths never change results: images are decoded once into a uint8 cache (data.py); the frozen part of
+the transfer model (eval-mode BatchNorm, no gradients) is a pure function of the image, so its output is
+computed once per split, for the image and for its mirror where flips are used, and only the trainable
+blocks and the head run every epoch. That is the same computation as running the whole model every epoch
+(tests/test_train.py checks it).
+
+A killed run resumes: after each epoch the full training state (weights, optimizer, random generators, the
+curves so far and the best epoch's weights) is saved beside the model, and a new run with the same inputs
+continues from there and ends byte-identical to an uninterrupted run, DVCLive's files included.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import json
 import math
 import os
-import time
-from collections.abc import Callable
+import random
+import shutil
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +33,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .common import CLASSES, PipelineError, atomic_write, one_line, progress, require_both_classes, seed_everything
+from . import data as data_module
+from . import models as models_module
+from .checkpoint import checkpoint_bytes
+from .console import progress
 from .data import MEAN, STD, SplitImages, batch_indices, cache_dir, cached_array, code_fingerprint, load_split, to_input
+from .errors import PipelineError
+from .labels import CLASSES, require_both_classes
 from .models import (
     WEIGHTS_SHA256,
     ScratchCNN,
@@ -33,6 +49,9 @@ from .models import (
     seed_dropout,
     sync_batchnorm,
 )
+from .outputs import atomic_write, file_sha256, temporary_dir
+
+DIVERGED_LOSS = 10 * math.log(2)  # a best validation loss above 10x a coin flip's: the run diverged
 
 # ---------------------------------------------------------------- hardware
 
@@ -78,16 +97,23 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 # ---------------------------------------------------------------- batches
 
 
 @dataclass
 class Batches:
-    """Inputs (uint8 images or cached features) and labels; `prepare` turns a slice into a model input."""
+    """Inputs (uint8 images, or cached prefix outputs with their views) and labels; `prepare` turns a slice of
+    rows into a model input, given which rows to mirror (training with flips) or None."""
 
     inputs: np.ndarray
     labels: np.ndarray
-    prepare: Callable[[np.ndarray, torch.Tensor | None], torch.Tensor]  # (rows, which rows to flip) -> input
+    prepare: Callable[[np.ndarray, torch.Tensor | None], torch.Tensor]
     augment: bool = False  # training draws random horizontal flips for these inputs
 
     def __len__(self) -> int:
@@ -108,8 +134,36 @@ def image_batches(split: SplitImages, device: torch.device, augment: bool) -> Ba
     return Batches(split.images, split.labels, prepare, augment)
 
 
-def feature_batches(features: np.ndarray, labels: np.ndarray, device: torch.device) -> Batches:
-    return Batches(features, labels, lambda batch, _: torch.from_numpy(np.ascontiguousarray(batch)).to(device))
+def prefix_batches(views: np.ndarray, labels: np.ndarray, device: torch.device, augment: bool) -> Batches:
+    """Cached prefix outputs, N x V x ... (view 0 the image, view 1 its mirror): a training batch takes each
+    row's mirror where `flips` says, an evaluation batch all views (PrefixViews averages them for TTA)."""
+
+    def prepare(batch: np.ndarray, flips: torch.Tensor | None) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(batch))
+        if flips is not None:
+            x = x[torch.arange(len(x)), flips.long()].unsqueeze(1)
+        return x.to(device)
+
+    return Batches(views, labels, prepare, augment)
+
+
+class PrefixViews(nn.Module):
+    """The transfer model's trainable part on cached prefix outputs (batch x views x ...): one view while
+    training; in eval mode view 0, or the mean logits of the image and its mirror when the model averages
+    them (tta), exactly as TransferNet.forward does on images."""
+
+    def __init__(self, model: TransferNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        use = x.shape[1] if (self.model.tta and not self.training) else 1
+        logits = [self.model.trainable_part(_fast_layout(x[:, v])) for v in range(use)]
+        return sum(logits[1:], logits[0]) / use
+
+
+def _fast_layout(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
 # ---------------------------------------------------------------- the loop
@@ -131,13 +185,16 @@ def run_epoch(
     generator: torch.Generator | None = None,
     desc: str = "",
     augment_generator: torch.Generator | None = None,
+    label_smoothing: float = 0.0,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> EpochStats:
     """One pass: trains when `optimizer` is given (shuffled by `generator`), else evaluates.
 
     Under torchrun each global batch is divided between the ranks; losses are summed and scaled so that
     DDP's gradient averaging yields exactly the single-process mean over the global batch. Augmentation
     flips come from their own generator and are drawn for the whole global batch, so every rank (and one
-    process alone) sees the same flips whatever the number of ranks.
+    process alone) sees the same flips whatever the number of ranks. The reported loss is plain cross
+    entropy (no label smoothing), so runs with and without smoothing compare.
     """
     rank, size = world()
     training = optimizer is not None
@@ -156,90 +213,192 @@ def run_epoch(
             loss = F.cross_entropy(logits.float(), y, reduction="sum")
             if training:
                 optimizer.zero_grad(set_to_none=True)
-                (loss * size / len(idx)).backward()
+                smoothed = F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=label_smoothing)
+                (smoothed * size / len(idx)).backward()
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
             totals += torch.tensor([loss.item(), (logits.argmax(1) == y).sum().item(), len(local)], dtype=torch.float64)
     if size > 1:
         dist.all_reduce(totals)
     return EpochStats(loss=float(totals[0] / totals[2]), accuracy=float(totals[1] / totals[2]))
 
 
+@dataclass
+class RunState:
+    """What a run has done so far: saved after every epoch, so that a killed run can resume."""
+
+    epoch: int = 0  # epochs completed
+    history: list[dict] = field(default_factory=list)  # per epoch: train/val loss and accuracy
+    best: dict = field(default_factory=dict)  # the best epoch by validation loss: epoch, val_loss, val_accuracy
+    best_state: dict | None = None  # its weights
+
+
+class ResumeFile:
+    """The training state beside the model (`models/<kind>.resume.pt`), written atomically after each epoch.
+
+    It is used only by a run with the same inputs (`fingerprint`: params, split, code, library versions);
+    anything else starts afresh. The finished run removes it.
+    """
+
+    def __init__(self, path: Path, fingerprint: str):
+        self.path, self.fingerprint = path, fingerprint
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception:  # a file cut short by a kill mid-write cannot be: writes are atomic; anything else
+            saved = None
+        if not isinstance(saved, dict) or saved.get("fingerprint") != self.fingerprint:
+            print(f"{self.path}: from another run (other params, data or code); starting afresh", flush=True)
+            return None
+        return saved
+
+    def save(self, saved: dict) -> None:
+        blob = checkpoint_bytes(saved | {"fingerprint": self.fingerprint})
+        atomic_write(self.path, lambda p: p.write_bytes(blob))
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """lr from its value down to 0 along half a cosine over the run (stateless but for the step count)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    )
+
+
 def fit(
     model: nn.Module,
     train: Batches,
     val: Batches,
+    cfg: dict,
     *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
     device: torch.device,
     amp: torch.dtype | None,
-    on_epoch: Callable[[int, EpochStats, EpochStats], None],
-    on_best: Callable[[int, float], None],
-) -> None:
-    """Adam on the trainable parameters; validation (eval mode) every epoch; `on_best` at each new best val loss.
+    on_epoch: Callable[[int, EpochStats, EpochStats, bool, bool], None],
+    resume: ResumeFile | None = None,
+    network: nn.Module | None = None,
+) -> RunState:
+    """Adam on the trainable parameters (cfg: epochs, batch_size, lr, lr_schedule, label_smoothing, seed);
+    validation (eval mode) every epoch; the weights of `network` (default: `model`, which may wrap it) with the
+    lowest validation loss are kept.
 
     A loss that is not finite stops the run with an error: a diverged model must not look trained.
     """
-    if epochs < 1:
-        raise PipelineError(f"epochs: {epochs} is not allowed (expected an integer >= 1)")
     rank, size = world()
+    network = network if network is not None else model
     if size > 1:
         sync_batchnorm(model)  # before the optimizer and DDP see the model: same parameters, global statistics
-    seed_dropout(model, seed + 2)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=lr, fused=True)  # one kernel per step: 2x faster on the 103M-param CNN
+    optimizer = torch.optim.Adam(trainable, lr=cfg["lr"], fused=True)  # one kernel per step: 2x on the scratch CNN
+    steps_per_epoch = -(-len(train) // cfg["batch_size"])
+    scheduler = cosine_schedule(optimizer, cfg["epochs"] * steps_per_epoch) if cfg["lr_schedule"] == "cosine" else None
     net = nn.parallel.DistributedDataParallel(model) if size > 1 else model
-    generator = torch.Generator().manual_seed(seed)
-    augment_generator = torch.Generator().manual_seed(seed + 1)  # flips never shift the shuffling
-    best = float("inf")
-    for epoch in range(1, epochs + 1):
-        desc = f"epoch {epoch}/{epochs}"
-        train_stats = run_epoch(net, train, batch_size, device, amp, optimizer, generator, desc, augment_generator)
-        val_stats = run_epoch(net, val, batch_size, device, amp, desc="validate")
+    dropout = seed_dropout(model, cfg["seed"] + 2)
+    generators = {
+        "shuffle": torch.Generator().manual_seed(cfg["seed"]),
+        "augment": torch.Generator().manual_seed(cfg["seed"] + 1),  # flips never shift the shuffling
+        **{f"dropout{i}": g for i, g in enumerate(dropout)},
+    }
+    state = RunState()
+    saved = resume.load() if resume is not None else None
+    if saved is not None:
+        network.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        for name, generator in generators.items():
+            generator.set_state(saved["generators"][name])
+        state = RunState(saved["epoch"], saved["history"], saved["best"], saved["best_state"])
+        print(f"resuming after epoch {state.epoch}/{cfg['epochs']} from {resume.path}", flush=True)
+        if rank == 0:  # the curves of the epochs done, logged again exactly as the killed run logged them
+            best = math.inf
+            for done, record in enumerate(state.history, start=1):
+                tr, va = EpochStats(**record["train"]), EpochStats(**record["val"])
+                on_epoch(done, tr, va, va.loss < best, True)
+                best = min(best, va.loss)
+    for epoch in range(state.epoch + 1, cfg["epochs"] + 1):
+        desc = f"epoch {epoch}/{cfg['epochs']}"
+        train_stats = run_epoch(
+            net, train, cfg["batch_size"], device, amp, optimizer, generators["shuffle"], desc,
+            generators["augment"], cfg["label_smoothing"], scheduler,
+        )  # fmt: skip
+        val_stats = run_epoch(net, val, cfg["batch_size"], device, amp, desc="validate")
         if not (math.isfinite(train_stats.loss) and math.isfinite(val_stats.loss)):
             raise PipelineError(
                 f"epoch {epoch}: loss {train_stats.loss:.4g} (train), {val_stats.loss:.4g} (val): training "
                 "diverged; lower lr"
             )
+        state.epoch = epoch
+        state.history.append({"train": vars(train_stats), "val": vars(val_stats)})
+        is_best = val_stats.loss < state.best.get("val_loss", math.inf)
+        if is_best:
+            state.best = {"epoch": epoch, "val_loss": val_stats.loss, "val_accuracy": val_stats.accuracy}
+            state.best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
         if rank == 0:
-            on_epoch(epoch, train_stats, val_stats)
-            if val_stats.loss < best:
-                best = val_stats.loss
-                on_best(epoch, best)
+            on_epoch(epoch, train_stats, val_stats, is_best, False)
+            if resume is not None:
+                resume.save(
+                    {
+                        "epoch": state.epoch,
+                        "history": state.history,
+                        "best": state.best,
+                        "best_state": state.best_state,
+                        "model": network.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                        "generators": {name: g.get_state() for name, g in generators.items()},
+                    }
+                )
+    if state.best["val_loss"] > DIVERGED_LOSS:
+        raise PipelineError(
+            f"training diverged: the best validation loss is {state.best['val_loss']:.4g} (guessing scores "
+            f"{math.log(2):.3f}); lower lr"
+        )
+    return state
 
 
-# ---------------------------------------------------------------- frozen-backbone features, computed once
+# ---------------------------------------------------------------- the frozen prefix, computed once
 
 
 @torch.inference_mode()
-def embed_split(
+def prefix_views(
     model: TransferNet,
     split: SplitImages,
+    views: int,
     batch_size: int,
     device: torch.device,
     amp: torch.dtype | None,
-    desc: str = "features",
+    desc: str = "prefix",
 ) -> np.ndarray:
-    """The frozen backbone's output for every image of a split, cached on disk as float32.
+    """The frozen prefix's output for every image of a split (and for its mirror when `views` is 2), cached
+    on disk as float32: N x views x (the prefix's output shape).
 
-    Key: the split's pixels, the weights' sha256, image size, normalisation, head input width, precision,
-    device type, and the producing code and library versions (`code_fingerprint`).
+    Key: the split's pixels, the weights' sha256, image size, normalisation, how many blocks are frozen and
+    the prefix's output shape, precision, device type, and the producing code and library versions.
     """
-    width = model.embed_width
-    code = code_fingerprint(embed_split, to_input, TransferNet, autocast)
+    prefix = model.frozen_prefix().to(device)
+    size = split.images.shape[1]
+    shape = tuple(prefix(torch.zeros(1, 3, size, size, device=device)).shape[1:])
+    code = code_fingerprint(prefix_views, to_input, TransferNet, autocast)
     key = hashlib.sha256(
-        f"{split.key} {WEIGHTS_SHA256} {split.images.shape} {MEAN} {STD} {width} {amp} {device.type} {code}".encode()
+        f"{split.key} {WEIGHTS_SHA256} {split.images.shape} {MEAN} {STD} {model.n_frozen} {shape} {views} {amp} "
+        f"{device.type} {code}".encode()
     )
 
     def fill(out: np.ndarray) -> None:
-        embed = model.inference_embedder().to(device)
         for idx in progress(batch_indices(len(split.labels), batch_size, None), desc, unit="batch"):
-            with autocast(device, amp):
-                out[idx] = embed(to_input(split.images[idx], device)).float().cpu().numpy()
+            x = to_input(split.images[idx], device)
+            for view in range(views):
+                with autocast(device, amp):
+                    out[idx, view] = prefix(x.flip(-1) if view else x).float().cpu().numpy()
 
-    return cached_array(cache_dir() / f"features-{key.hexdigest()[:24]}", (len(split.labels), width), np.float32, fill)
+    entry = cache_dir() / f"prefix-{key.hexdigest()[:24]}"
+    return cached_array(entry, (len(split.labels), views, *shape), np.float32, fill)
 
 
 # ---------------------------------------------------------------- the stages
@@ -247,43 +406,30 @@ def embed_split(
 
 def build_model(kind: str, cfg: dict) -> nn.Module:
     if kind == "scratch":
-        return ScratchCNN(cfg["image_size"])
-    model = TransferNet(cfg["head"], cfg["image_size"], cfg["unfreeze_last"])
+        return ScratchCNN(cfg["image_size"], cfg["tta_flip"])
+    model = TransferNet(cfg["head"], cfg["image_size"], cfg["unfreeze_last"], cfg["tta_flip"])
     load_imagenet_backbone(model, resolve_weights())
     return model
 
 
-def save_model(saved: dict, path: Path) -> None:
-    """torch.save through a file object: given a path, torch names the archive's root folder after the file,
-    and the temporary file's name holds the pid, so the same model would hash differently on every run."""
-    with open(path, "wb") as f:
-        torch.save(saved, f)
+@contextlib.contextmanager
+def exclusive(model_path: Path) -> Iterator[None]:
+    """One training run per model file at a time: a second run is refused, not interleaved with the first."""
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(model_path.with_name(f".{model_path.name}.lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PipelineError(f"{model_path}: another training run is writing it; wait for it to end") from None
+        yield
 
 
-def load_trained(path: Path) -> tuple[nn.Module, dict]:
-    """A model file written by a training stage, and its metadata."""
-    if not path.is_file():
-        raise PipelineError(f"{path}: no such model file; run its training stage first")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        meta, state = saved["meta"], saved["state_dict"]
-        if meta["kind"] not in ("scratch", "transfer"):
-            raise ValueError(f"unknown model kind {meta['kind']!r}")
-        if meta["kind"] == "scratch":
-            model = ScratchCNN(int(meta["image_size"]))
-        else:
-            model = TransferNet(meta["head"], int(meta["image_size"]), int(meta["unfreeze_last"]))
-    except Exception as err:  # a truncated or foreign file fails anywhere in unpickling: say which file
-        raise PipelineError(
-            f"{path}: not a model file written by a training stage ({one_line(err)}); retrain it (dvc repro)"
-        ) from None
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError):
-        raise PipelineError(
-            f"{path}: weights do not fit this code's {type(model).__name__}; retrain it (dvc repro)"
-        ) from None
-    return model.eval(), meta
+def run_fingerprint(cfg: dict, manifest_sha256: str, cached: bool, device: torch.device) -> str:
+    """What a resumed run must share with the killed one: params, split, fast path, code, library versions."""
+    code = code_fingerprint(sys.modules[__name__], models_module, data_module)
+    _, size = world()
+    text = json.dumps([cfg, manifest_sha256, cached, code, device.type, size], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def train_model(
@@ -297,34 +443,34 @@ def train_model(
 ) -> dict:
     """Train `kind` ('scratch' or 'transfer') with params['train_<kind>']; write the best model and curves.
 
-    `feature_cache` None takes the cached-feature path wherever it is exact (frozen backbone, no
-    augmentation); False forces the full forward every epoch (for tests and benchmarks).
+    `feature_cache` None takes the frozen-prefix path wherever the transfer model has a frozen prefix;
+    False forces the full forward every epoch (for tests and benchmarks).
     """
-    from dvclive import Live
-
     cfg = params[f"train_{kind}"]
     device = setup_device()
     rank, _ = world()
     amp = autocast_dtype(cfg["precision"], device)
-    seed_everything(params["seed"])
+    seed_everything(cfg["seed"])
     model = build_model(kind, cfg).to(device, memory_format=torch.channels_last)  # faster convolutions (oneDNN, cuDNN)
     train_split = load_split(split_dir, "train", cfg["image_size"])
     val_split = load_split(split_dir, "val", cfg["image_size"])
+    manifest_sha256 = file_sha256(split_dir / "split_manifest.csv")
     if not len(train_split.labels) or not len(val_split.labels):
         raise PipelineError(f"{split_dir}: the train and val splits must both hold images")
     for which, part in (("train", train_split), ("val", val_split)):
         require_both_classes(part.labels, f"{split_dir}: the {which} split")
 
-    exact = kind == "transfer" and not cfg["augment"] and cfg["unfreeze_last"] == 0
-    cached = exact if feature_cache is None else feature_cache and exact
-    if cached:  # train the head alone on features computed once: same result, a fraction of the time
-        trainable = model.head
-        train = feature_batches(
-            embed_split(model, train_split, feature_batch, device, amp, "features train"), train_split.labels, device
-        )
-        val = feature_batches(
-            embed_split(model, val_split, feature_batch, device, amp, "features val"), val_split.labels, device
-        )
+    cached = kind == "transfer" and model.n_frozen > 0 and feature_cache is not False
+    if cached:  # the frozen prefix once per image (and mirror), the trainable part every epoch: same result
+        views = 2 if (cfg["augment"] or cfg["tta_flip"]) else 1
+        trainable = PrefixViews(model)
+        train, val = (
+            prefix_batches(
+                prefix_views(model, part, views, feature_batch, device, amp, f"prefix {name}"),
+                part.labels, device, cfg["augment"] and name == "train",
+            )
+            for name, part in (("train", train_split), ("val", val_split))
+        )  # fmt: skip
     else:
         trainable = model
         train = image_batches(train_split, device, cfg["augment"])
@@ -338,51 +484,69 @@ def train_model(
         "std": list(STD),
         "head": cfg.get("head", ""),
         "unfreeze_last": cfg.get("unfreeze_last", 0),
+        "tta_flip": cfg["tta_flip"],
+        "split_manifest_sha256": manifest_sha256,
     }
-    best: dict = {}  # the saved model's epoch and validation figures
-    latest: dict[str, EpochStats] = {}
-    started = time.perf_counter()
+    with exclusive(model_path):
+        resume = ResumeFile(model_path.with_suffix(".resume.pt"), run_fingerprint(cfg, manifest_sha256, cached, device))
+        live_tmp = temporary_dir(live_dir.parent, live_dir.name) if rank == 0 else None
+        try:
+            live = open_live(live_tmp, {"seed": cfg["seed"], **cfg}) if live_tmp is not None else None
 
-    def save_best(epoch: int, val_loss: float) -> None:
-        best.update(epoch=epoch, val_loss=val_loss, val_accuracy=latest["val"].accuracy)
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        atomic_write(model_path, lambda p: save_model({"state_dict": state, "meta": meta | best}, p))
+            def log_epoch(epoch: int, tr: EpochStats, va: EpochStats, is_best: bool, replayed: bool) -> None:
+                log_to_live(live, epoch, tr, va)
+                mark = "  * best so far" if is_best else ""
+                again = " (logged again from the resumed state)" if replayed else ""
+                print(
+                    f"{kind} epoch {epoch:>2}/{cfg['epochs']}: train loss {tr.loss:.4f} acc {tr.accuracy:.3f} | "
+                    f"val loss {va.loss:.4f} acc {va.accuracy:.3f}{mark}{again}",
+                    flush=True,
+                )
 
-    # DVCLive: params, per-epoch curves (plots/metrics/{train,val}/*.tsv), a markdown report; the summary
-    # (metrics.json) adds the best epoch, since the saved model is the best epoch's, not the last one's.
-    live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report="md") if rank == 0 else None
-    if live is not None:
-        live.log_params({"seed": params["seed"], **cfg})
+            state = fit(
+                trainable, train, val, cfg, device=device, amp=amp, on_epoch=log_epoch, resume=resume, network=model
+            )
+            if rank == 0:
+                saved = {"state_dict": state.best_state, "meta": meta | state.best}
+                blob = checkpoint_bytes(saved)
+                atomic_write(model_path, lambda p: p.write_bytes(blob))
+                live.summary["best"] = state.best
+                live.end()
+                replace_dir(live_tmp, live_dir)
+                resume.remove()
+        finally:
+            if live_tmp is not None:
+                shutil.rmtree(live_tmp, ignore_errors=True)
+    best = state.best
+    print(f"{kind}: best epoch {best['epoch']} (val loss {best['val_loss']:.4f}, acc {best['val_accuracy']:.3f})")
+    return {"best": best, "feature_cache": cached}
 
-    def log_epoch(epoch: int, tr: EpochStats, va: EpochStats) -> None:
-        latest["val"] = va
-        for split_name, stats in (("train", tr), ("val", va)):
-            live.log_metric(f"{split_name}/loss", stats.loss)
-            live.log_metric(f"{split_name}/accuracy", stats.accuracy)
-        live.next_step()
-        mark = "  * best so far, saved" if va.loss < best.get("val_loss", float("inf")) else ""
-        print(
-            f"{kind} epoch {epoch:>2}/{cfg['epochs']}: train loss {tr.loss:.4f} acc {tr.accuracy:.3f} | "
-            f"val loss {va.loss:.4f} acc {va.accuracy:.3f}{mark}",
-            flush=True,
-        )
 
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    fit(
-        trainable,
-        train,
-        val,
-        epochs=cfg["epochs"],
-        batch_size=cfg["batch_size"],
-        lr=cfg["lr"],
-        seed=params["seed"],
-        device=device,
-        amp=amp,
-        on_epoch=log_epoch,
-        on_best=save_best,
-    )
-    if live is not None:
-        live.summary["best"] = best
-        live.end()
-        print(f"{kind}: best epoch {best['epoch']} (val loss {best['val_loss']:.4f}, acc {best['val_accuracy']:.3f})")
-    return {"best": best, "seconds": time.perf_counter() - started, "feature_cache": cached}
+def open_live(folder: Path, params: dict):
+    """DVCLive in a scratch folder that replaces the stage's output folder only when training ends, so a
+    killed run never leaves curves that look finished. Epochs are numbered from 1, in the curves too."""
+    from dvclive import Live
+
+    live = Live(dir=str(folder), save_dvc_exp=False, dvcyaml=None, report="md")
+    live.log_params(params)
+    live.step = 1
+    return live
+
+
+def log_to_live(live, epoch: int, train: EpochStats, val: EpochStats) -> None:
+    if live is None:
+        return
+    live.step = epoch
+    for split_name, stats in (("train", train), ("val", val)):
+        live.log_metric(f"{split_name}/loss", stats.loss)
+        live.log_metric(f"{split_name}/accuracy", stats.accuracy)
+    live.make_summary()
+    live.make_report()
+
+
+def replace_dir(source: Path, target: Path) -> None:
+    """Move the finished folder `source` to `target` in one rename (the old `target` goes first)."""
+    os.chmod(source, 0o755)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(source, target)

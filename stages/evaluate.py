@@ -1,10 +1,11 @@
-"""Stage evaluate: both models on the test split -> metrics/test.json, metrics/test_ci95.json,
-metrics/predictions/*.csv (confusion plots) and reports/evaluate/*.png."""
+"""Stage evaluate: both models, once, on the test split -> metrics/test/, metrics/test_operating_point/,
+metrics/validation/, metrics/evaluate/ (plot data), models/<model>.threshold.json and reports/evaluate/."""
 
 from pathlib import Path
 
-from brain_tumor.common import load_params, run_stage
 from brain_tumor.evaluate import evaluate_models
+from brain_tumor.params import load_params
+from brain_tumor.stage import run_stage
 
 
 def main() -> None:

@@ -2,11 +2,13 @@
 
 from pathlib import Path
 
-from brain_tumor.common import run_stage
 from brain_tumor.export import export_models
+from brain_tumor.params import load_params
+from brain_tumor.stage import run_stage
 
 
 def main() -> None:
+    load_params()  # export reads no param, but refuses a params.yaml that no other stage would accept
     models = {"scratch": Path("models/scratch.pt"), "transfer": Path("models/transfer.pt")}
     for name, result in export_models(models).items():
         print(

@@ -2,8 +2,9 @@
 
 from pathlib import Path
 
-from brain_tumor.common import load_params, run_stage
 from brain_tumor.ingest import build_dataset
+from brain_tumor.params import load_params
+from brain_tumor.stage import run_stage
 
 
 def main() -> None:

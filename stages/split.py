@@ -3,8 +3,10 @@ reports/data/."""
 
 from pathlib import Path
 
-from brain_tumor.common import CLASSES, load_params, run_stage
-from brain_tumor.split import SPLITS, split_dataset
+from brain_tumor.labels import CLASSES, SPLITS
+from brain_tumor.params import load_params
+from brain_tumor.split import split_dataset
+from brain_tumor.stage import run_stage
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from brain_tumor.common import load_params, run_stage
+from brain_tumor.params import load_params
+from brain_tumor.stage import run_stage
 from brain_tumor.train import train_model
 
 

@@ -13,10 +13,11 @@ from conftest import truncated_jpeg, venv_env
 from test_predict import TRANSFER_THRESHOLD, build_tiny_models
 
 from brain_tumor.cli import main
-from brain_tumor.common import file_sha256
 from brain_tumor.data import load_split
 from brain_tumor.evaluate import predict as evaluate_predict
-from brain_tumor.export import PARITY_TOLERANCE, export_models, normalise
+from brain_tumor.export import PARITY_TOLERANCE, export_models
+from brain_tumor.inference import normalise
+from brain_tumor.outputs import file_sha256
 from brain_tumor.predict import load_model
 
 pytestmark = pytest.mark.slow  # builds and trains tiny models (about 20 s); `make test-fast` skips it

@@ -26,12 +26,14 @@ import yaml
 from conftest import PROJECT, save, scan, venv_env
 from PIL import Image
 
-from brain_tumor import ingest
-from brain_tumor.common import PipelineError, atomic_write, read_table, require_both_classes, sweep_temporaries
+from brain_tumor import ingest, sources
 from brain_tumor.data import cached_array, code_fingerprint
+from brain_tumor.errors import PipelineError
 from brain_tumor.images import RejectedFile, load_rgb, reject_blank
+from brain_tumor.labels import require_both_classes
 from brain_tumor.models import ScratchCNN
-from brain_tumor.train import load_trained
+from brain_tumor.outputs import atomic_write, read_table, sweep_temporaries
+from brain_tumor.checkpoint import load_trained
 
 # ---------------------------------------------------------------- a workspace the real stage scripts run in
 
@@ -340,7 +342,7 @@ def test_zip_crc_error_names_archive_and_entry(tmp_path):
         zf.writestr("yes/a.png", b"A" * 100)
     archive.write_bytes(archive.read_bytes().replace(b"A" * 100, b"B" + b"A" * 99))
     with pytest.raises(PipelineError, match=r"data.zip: entry 'yes/a.png' is corrupt \(Bad CRC-32"):
-        ingest.safe_extract(archive, tmp_path / "out", 10**6)
+        sources.safe_extract(archive, tmp_path / "out", 10**6)
 
 
 def test_duplicate_zip_entries_are_accounted(tmp_path):
@@ -350,7 +352,7 @@ def test_duplicate_zip_entries_are_accounted(tmp_path):
     with zipfile.ZipFile(archive, "a") as zf, pytest.warns(UserWarning, match="Duplicate name"):
         zf.writestr("yes/y0.png", (tmp_path / "src" / "no" / "n0.png").read_bytes())
     (tmp_path / "x").mkdir()
-    refused = ingest.safe_extract(archive, tmp_path / "x", 10**8)
+    refused = sources.safe_extract(archive, tmp_path / "x", 10**8)
     assert [(r.source, r.reason) for r in refused] == [("yes/y0.png (entry 13)", "duplicate_zip_entry")]
     report = run_ingest(tmp_path / "x", tmp_path / "out", pre_rejected=refused)
     assert_accounted(report, 13)
@@ -465,10 +467,19 @@ def test_cache_key_covers_the_producing_code():
 # ---------------------------------------------------------------- model files and temporaries
 
 
+def model_record(kind: str, image_size: int) -> dict:
+    """A complete model record, as a training stage writes it."""
+    return {
+        "kind": kind, "image_size": image_size, "classes": ["non_tumor", "tumor"], "mean": [0.5] * 3,
+        "std": [0.5] * 3, "head": "linear", "unfreeze_last": 0, "tta_flip": False, "epoch": 1, "val_loss": 0.5,
+        "val_accuracy": 0.5, "split_manifest_sha256": "0" * 64,
+    }  # fmt: skip
+
+
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "foreign"])
 def test_damaged_model_file_is_one_line_error(tmp_path, damage):
     path = tmp_path / "scratch.pt"
-    torch.save({"state_dict": ScratchCNN(32).state_dict(), "meta": {"kind": "scratch", "image_size": 32}}, path)
+    torch.save({"state_dict": ScratchCNN(32).state_dict(), "meta": model_record("scratch", 32)}, path)
     load_trained(path)  # the intact file loads
     if damage == "truncated":
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])

@@ -8,8 +8,9 @@ import pytest
 from conftest import save, scan, truncated_jpeg
 from PIL import Image
 
-from brain_tumor import ingest
-from brain_tumor.common import PipelineError, read_table
+from brain_tumor import ingest, sources
+from brain_tumor.errors import PipelineError
+from brain_tumor.outputs import read_table
 
 LABELS = {
     "no": "non_tumor",
@@ -154,7 +155,7 @@ def test_zip_bomb_is_refused(tmp_path):
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("yes/a.png", b"\0" * 5_000_000)
     with pytest.raises(PipelineError, match="exceeds data.max_archive_mb"):
-        ingest.safe_extract(archive, tmp_path / "out", max_bytes=1_000_000)
+        sources.safe_extract(archive, tmp_path / "out", max_bytes=1_000_000)
 
 
 def test_too_many_rejects_fail_without_output(tmp_path):

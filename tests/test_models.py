@@ -3,7 +3,7 @@ import shutil
 import pytest
 import torch
 
-from brain_tumor.common import PipelineError
+from brain_tumor.errors import PipelineError
 from brain_tumor.models import (
     ScratchCNN,
     TransferNet,
@@ -50,7 +50,7 @@ def test_torch_home_cache_comes_first(tmp_path, monkeypatch):
 @pytest.mark.parametrize("head,features", [("linear", 1280), ("mlp", 1280 * 7 * 7)])
 def test_transfer_heads_and_frozen_backbone(head, features):
     model = TransferNet(head, 224)
-    assert model.embed(torch.zeros(1, 3, 224, 224)).shape == (1, features)
+    assert model.prefix_output(torch.zeros(1, 3, 224, 224)).shape == (1, features)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("head.") for n in trainable)
     model.train()

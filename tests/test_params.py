@@ -6,8 +6,8 @@ import pytest
 import yaml
 from conftest import PROJECT
 
-from brain_tumor.common import PipelineError, load_params
-from brain_tumor.params import ParamsLoader, validate_params
+from brain_tumor.errors import PipelineError
+from brain_tumor.params import ParamsLoader, load_params, validate_params
 
 PARAMS = yaml.load((PROJECT / "params.yaml").read_text(), Loader=ParamsLoader)
 
@@ -29,28 +29,53 @@ def changed(path: str, value) -> dict:
 @pytest.mark.parametrize(
     "path,value,message",
     [
-        ("train_transfer.haed", "mlp", "train_transfer.haed: unknown key (expected one of: image_size, batch_size,"),
-        ("trian_scratch", {"epochs": 3}, "trian_scratch: unknown key (expected one of: seed, data, split,"),
-        ("train_scratch.epochs", ..., "train_scratch.epochs: missing (expected an integer >= 1)"),
-        ("evaluate", ..., "evaluate: missing (expected a mapping of: batch_size,"),
-        ("train_scratch.epochs", 0, "train_scratch.epochs: 0 is not allowed (expected an integer >= 1)"),
-        ("train_scratch.epochs", 1.5, "train_scratch.epochs: 1.5 is not allowed (expected an integer >= 1)"),
+        (
+            "train_transfer.haed",
+            "mlp",
+            "train_transfer.haed: unknown key (expected one of: seed, image_size, batch_size,",
+        ),
+        ("trian_scratch", {"epochs": 3}, "trian_scratch: unknown key (expected one of: data, split,"),
+        ("train_scratch.epochs", ..., "train_scratch.epochs: missing (expected an integer >= 1 and <= 10000)"),
+        ("evaluate", ..., "evaluate: missing (expected a mapping of: seed, batch_size,"),
+        ("train_scratch.epochs", 0, "train_scratch.epochs: 0 is not allowed (expected an integer >= 1 and <= 10000)"),
+        ("train_scratch.epochs", 1.5, "train_scratch.epochs: 1.5 is not allowed (expected an integer >= 1"),
         ("train_scratch.epochs", True, "train_scratch.epochs: True is not allowed"),
-        ("train_transfer.batch_size", 0, "train_transfer.batch_size: 0 is not allowed (expected an integer >= 1)"),
-        ("train_scratch.image_size", 0, "train_scratch.image_size: 0 is not allowed (expected an integer >= 32, a"),
-        ("train_scratch.image_size", 226, "(expected an integer >= 32, a multiple of 4)"),
-        ("train_transfer.lr", 0, "train_transfer.lr: 0 is not allowed (expected a number > 0)"),
-        ("train_transfer.lr", "fast", "train_transfer.lr: 'fast' is not allowed (expected a number > 0)"),
+        (
+            "train_transfer.batch_size",
+            0,
+            "train_transfer.batch_size: 0 is not allowed (expected an integer >= 1 and <= 4096)",
+        ),
+        (
+            "train_scratch.image_size",
+            0,
+            "train_scratch.image_size: 0 is not allowed (expected an integer >= 32 and <= 1024, a",
+        ),
+        ("train_scratch.image_size", 226, "(expected an integer >= 32 and <= 1024, a multiple of 4)"),
+        ("train_transfer.lr", 0, "train_transfer.lr: 0 is not allowed (expected a number > 0 and <= 1)"),
+        ("train_transfer.lr", "fast", "train_transfer.lr: 'fast' is not allowed (expected a number > 0 and <= 1)"),
         ("train_transfer.lr", float("nan"), "train_transfer.lr: nan is not allowed"),
         ("train_transfer.precision", "fp16", "train_transfer.precision: 'fp16' is not allowed (expected one of fp32,"),
         ("train_transfer.head", "cnn", "train_transfer.head: 'cnn' is not allowed (expected one of linear, mlp)"),
         ("train_transfer.unfreeze_last", 20, "(expected an integer >= 0 and <= 19)"),
         ("train_transfer.augment", "false", "train_transfer.augment: 'false' is not allowed (expected true or false"),
         ("split.group_duplicates", "false", "split.group_duplicates: 'false' is not allowed (expected true or"),
-        ("seed", "abc", "seed: 'abc' is not allowed (expected an integer)"),
+        ("split.seed", "abc", "split.seed: 'abc' is not allowed (expected an integer >= 0 and <= 4294967295)"),
+        ("train_scratch.seed", -1, "train_scratch.seed: -1 is not allowed (expected an integer >= 0"),
+        ("evaluate.seed", 2**40, "evaluate.seed: 1099511627776 is not allowed"),
+        (
+            "train_transfer.image_size",
+            100000,
+            "train_transfer.image_size: 100000 is not allowed (expected an integer >= 32 and <= 1024)",
+        ),
+        ("train_transfer.lr", 1e9, "train_transfer.lr: 1000000000.0 is not allowed (expected a number > 0 and <= 1)"),
+        ("data.source", "x" * 300, "data.source: 'xxxxx"),
         ("split.train", 0.8, "split: train + val + test = 1.1 (expected a sum of 1)"),
         ("split.val", -0.1, "split.val: -0.1 is not allowed (expected a number >= 0 and <= 1)"),
-        ("evaluate.bootstrap_samples", 0, "evaluate.bootstrap_samples: 0 is not allowed (expected an integer >= 1)"),
+        (
+            "evaluate.bootstrap_samples",
+            0,
+            "evaluate.bootstrap_samples: 0 is not allowed (expected an integer >= 1 and <= 100000)",
+        ),
         ("evaluate.grid_images", 0, "evaluate.grid_images: 0 is not allowed"),
         ("evaluate.target_sensitivity", 0, "evaluate.target_sensitivity: 0 is not allowed (expected a number > 0"),
         ("data.tumor_folders", [True, "tumor"], "data.tumor_folders: [True, 'tumor'] is not allowed (expected a"),
@@ -58,7 +83,7 @@ def changed(path: str, value) -> dict:
         ("data.near_duplicate_distance", -2, "(expected an integer >= -1 and <= 64)"),
         ("data.max_reject_fraction", 1.5, "data.max_reject_fraction: 1.5 is not allowed"),
         ("data.synthetic.tumor_fraction", 1, "data.synthetic.tumor_fraction: 1 is not allowed (expected a number > 0"),
-        ("data.source", "", "data.source: '' is not allowed (expected a non-empty string)"),
+        ("data.source", "", "data.source: '' is not allowed (expected a non-empty string of at most 255 characters)"),
         ("data", [1, 2], "data: [1, 2] is not allowed (expected a mapping of: source, synthetic,"),
     ],
 )
@@ -97,7 +122,7 @@ def test_yaml_is_read_as_dvc_writes_it(tmp_path):
 @pytest.mark.parametrize(
     "text,message",
     [
-        ("", "params.yaml: None is not allowed (expected a mapping of: seed, data,"),
+        ("", "params.yaml: None is not allowed (expected a mapping of: data, split,"),
         ("seed: [1,\n", "params.yaml: not readable YAML ("),
         (None, "params.yaml: no such file"),
     ],

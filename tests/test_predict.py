@@ -13,10 +13,10 @@ from PIL import Image
 
 from brain_tumor import explain, ingest, split, train
 from brain_tumor.cli import main
-from brain_tumor.common import file_sha256
 from brain_tumor.data import load_split
 from brain_tumor.evaluate import predict as evaluate_predict
-from brain_tumor.export import model_input
+from brain_tumor.inference import model_input
+from brain_tumor.outputs import file_sha256
 from brain_tumor.predict import COLUMNS, load_model
 
 pytestmark = pytest.mark.slow  # builds and trains tiny models (about 20 s); `make test-fast` skips it

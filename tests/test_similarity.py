@@ -152,7 +152,7 @@ def planted_dataset(tmp_path: Path) -> Path:
 
 
 def run_split(dataset: Path, tmp_path: Path, **split_params) -> tuple[dict, pd.DataFrame]:
-    params = {"seed": 42, "split": {"train": 0.6, "val": 0.2, "test": 0.2, "group_duplicates": True} | split_params}
+    params = {"split": {"seed": 42, "train": 0.6, "val": 0.2, "test": 0.2, "group_duplicates": True} | split_params}
     report = split_dataset(params, dataset, tmp_path / "split", tmp_path / "split.json", tmp_path / "people")
     assert json.loads((tmp_path / "split.json").read_text()) == report
     return report, pd.read_csv(tmp_path / "split" / "split_manifest.csv")

@@ -3,7 +3,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from brain_tumor.common import PipelineError
+from brain_tumor.errors import PipelineError
 from brain_tumor.split import SPLITS, GroupingSettings, assign_splits, check_fractions
 
 

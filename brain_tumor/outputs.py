@@ -1,4 +1,8 @@
-"""Helpers every stage uses: params, seeds, one-line errors, atomic outputs, tables."""
+"""Outputs that are whole or absent: temporaries next to their target, renamed into place on success.
+
+A failed or killed stage never leaves a half-written file that a later `dvc repro` could take for a good one;
+a later run sweeps the `.tmp-<pid>-*` debris of dead processes.
+"""
 
 from __future__ import annotations
 
@@ -6,104 +10,21 @@ import contextlib
 import hashlib
 import json
 import os
-import random
 import re
 import shutil
-import signal
-import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import yaml
 
-CLASSES = ("non_tumor", "tumor")  # index = label, as ImageFolder orders the class folders
 TMP_PREFIX = ".tmp-"  # temporary outputs: `.tmp-<pid>-<name>...` next to their target (gitignored)
-
-
-class PipelineError(Exception):
-    """A problem with the user's data or params: reported as one line, exit status 1."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the stage is, so that `finally` blocks and `atomic_dir` clean up as on Ctrl-C."""
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
-    raise Terminated
-
-
-def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main; a PipelineError becomes `error: ...` on stderr and exit 1, not a traceback.
-
-    SIGTERM and Ctrl-C remove the partial outputs (as any failure does) and exit 143 / 130 with one line.
-    """
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        main()
-    except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt as err:
-        name = "SIGTERM" if isinstance(err, Terminated) else "interrupt"
-        print(f"error: stopped by {name}; partial outputs removed", file=sys.stderr)
-        sys.exit(143 if isinstance(err, Terminated) else 130)
-
-
-def pool_worker_init() -> None:
-    """Pool workers leave signals to the stage process, which stops them (SIGTERM) and cleans up."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def one_line(err: BaseException) -> str:
-    """An exception as one short line for an error message (its first line, or its type)."""
-    text = " ".join(str(err).split("\n", 1)[0].split())
-    return text[:200] or type(err).__name__
-
-
-def warn(message: str) -> None:
-    """One line on stderr for something the run repaired by itself (e.g. a rebuilt cache)."""
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """params.yaml, checked against the schema (params.py) before a stage does any work."""
-    from .params import ParamsLoader, validate_params
-
-    path = Path(path)
-    try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=ParamsLoader)
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise PipelineError(f"{path}: not readable YAML ({' '.join(str(err).split())})") from None
-    return validate_params(raw, str(path))
-
-
-def require_both_classes(labels: Iterable[int], where: str) -> None:
-    """Training and evaluation need images of both classes; say so before any training, not after."""
-    counts = np.bincount(np.asarray(list(labels), dtype=np.int64), minlength=len(CLASSES))
-    if missing := [name for name, n in zip(CLASSES, counts, strict=True) if n == 0]:
-        have = ", ".join(f"{n} {name}" for name, n in zip(CLASSES, counts, strict=True) if n)
-        raise PipelineError(f"{where}: no {missing[0]} images ({have or 'no images at all'}); both classes are needed")
 
 
 def file_sha256(path: str | Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    import torch
-
-    torch.manual_seed(seed)
 
 
 # ---------------------------------------------------------------- temporary outputs next to their target
@@ -205,10 +126,3 @@ def write_table(path: str | Path, table: pd.DataFrame) -> None:
 def read_table(path: str | Path) -> pd.DataFrame:
     """A CSV this pipeline wrote; ids and hashes stay strings (a hex id like '1e5' is not a number)."""
     return pd.read_csv(path, dtype=str, keep_default_na=False)
-
-
-def progress(iterable, desc: str, total: int | None = None, unit: str = "it"):
-    """A tqdm bar on a terminal; silent when output is a log file or CI (disable=None)."""
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=None, dynamic_ncols=True)

@@ -1,0 +1,104 @@
+"""Trained-model files: what they hold, written and checked in one place.
+
+A model file carries its weights and a `meta` record saying what it is: the model kind and architecture,
+the preprocessing it expects, the best epoch's validation figures, and the sha256 of the split manifest it
+was trained on. Every reader checks that record before use, so a swapped, stale or damaged file is one
+error line, never a silently wrong metric.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import PipelineError, one_line
+from .models import ScratchCNN, TransferNet
+
+KINDS = ("scratch", "transfer")
+META_TYPES = {  # the record every model file carries, and the type of each entry
+    "kind": str,
+    "image_size": int,
+    "classes": list,
+    "mean": list,
+    "std": list,
+    "head": str,
+    "unfreeze_last": int,
+    "epoch": int,
+    "val_loss": float,
+    "val_accuracy": float,
+    "split_manifest_sha256": str,
+}
+
+
+def save_checkpoint(saved: dict, path: Path) -> None:
+    """torch.save through a file object: given a path, torch names the archive's root folder after the file,
+    and a temporary file's name holds the pid, so the same model would hash differently on every run."""
+    with open(path, "wb") as f:
+        torch.save(saved, f)
+
+
+def checkpoint_bytes(saved: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(saved, buffer)
+    return buffer.getvalue()
+
+
+def build_network(meta: dict) -> nn.Module:
+    if meta["kind"] == "scratch":
+        return ScratchCNN(int(meta["image_size"]))
+    return TransferNet(meta["head"], int(meta["image_size"]), int(meta["unfreeze_last"]))
+
+
+def check_meta(meta: object, path: Path) -> dict:
+    """The model file's record, checked for every entry and type; a PipelineError naming what is wrong."""
+    if not isinstance(meta, dict):
+        raise PipelineError(f"{path}: no model record; retrain it (dvc repro)")
+    for key, kind in META_TYPES.items():
+        value = meta.get(key)
+        ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
+        if value is None or not ok or isinstance(value, bool):
+            raise PipelineError(f"{path}: model record lacks a valid {key!r} ({value!r}); retrain it (dvc repro)")
+    if meta["kind"] not in KINDS:
+        raise PipelineError(f"{path}: unknown model kind {meta['kind']!r} (expected one of {', '.join(KINDS)})")
+    return meta
+
+
+def load_trained(
+    path: Path, expect_kind: str | None = None, split_manifest_sha256: str | None = None
+) -> tuple[nn.Module, dict]:
+    """A model file written by a training stage, checked against what the caller expects, in eval mode.
+
+    `expect_kind`: the file must hold this kind of model (models/scratch.pt must not be the transfer model).
+    `split_manifest_sha256`: it must have been trained on this split (not on an earlier or another one).
+    """
+    if not path.is_file():
+        raise PipelineError(f"{path}: no such model file; run its training stage first (dvc repro)")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        meta, state = saved["meta"], saved["state_dict"]
+    except Exception as err:  # a truncated or foreign file fails anywhere in unpickling: say which file
+        raise PipelineError(
+            f"{path}: not a model file written by a training stage ({one_line(err)}); retrain it (dvc repro)"
+        ) from None
+    meta = check_meta(meta, path)
+    if expect_kind is not None and meta["kind"] != expect_kind:
+        raise PipelineError(
+            f"{path}: holds the {meta['kind']} model, expected the {expect_kind} model (swapped files?); "
+            "retrain it (dvc repro)"
+        )
+    if split_manifest_sha256 is not None and meta["split_manifest_sha256"] != split_manifest_sha256:
+        raise PipelineError(
+            f"{path}: trained on another split (manifest sha256 {meta['split_manifest_sha256'][:12]}..., the "
+            f"current one is {split_manifest_sha256[:12]}...); run `dvc repro`"
+        )
+    try:
+        model = build_network(meta)
+        model.load_state_dict(state)
+    except (PipelineError, RuntimeError, TypeError, AttributeError, ValueError):
+        raise PipelineError(
+            f"{path}: weights do not fit this code's {meta['kind']} model; retrain it (dvc repro)"
+        ) from None
+    return model.eval(), meta
