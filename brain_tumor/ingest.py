@@ -37,6 +37,7 @@ class Decoded:
     label: int | None
     reason: str | None = None
     detail: str = ""
+    subtype: str = ""
     sha256: str = ""
     phash: int = 0
     width: int = 0
@@ -160,7 +161,7 @@ def kaggle_items(
         elif raw_label not in ("0", "1"):
             item = Item(path.as_posix(), reason="bad_label", detail=f"Class {raw_label!r} is not 0 or 1")
         else:
-            item = Item(path.as_posix(), label=int(raw_label))
+            item = Item(path.as_posix(), label=int(raw_label), subtype=CLASSES[int(raw_label)])
         first[key] = (row, item)
         if item is not None:
             items.append(item)
@@ -186,11 +187,11 @@ def folder_items(root: Path, files: list[PurePosixPath], labels: dict[str, str],
     for f in files:
         if is_system_file(f):
             continue
-        label = next((mapping[p.lower()] for p in reversed(f.parts[:-1]) if p.lower() in mapping), None)
-        if label is None:
+        folder = next((p.lower() for p in reversed(f.parts[:-1]) if p.lower() in mapping), None)
+        if folder is None:
             items.append(Item(f.as_posix(), reason="no_label_for_folder", detail=f"folder {f.parent.as_posix()!r}"))
         else:
-            items.append(Item(f.as_posix(), label=label))
+            items.append(Item(f.as_posix(), label=mapping[folder], subtype=folder))
     if all(item.label is None for item in items):
         folders = sorted({p for f in files for p in f.parts[:-1]})[:10]
         raise PipelineError(
@@ -219,7 +220,7 @@ def list_items(root: Path, labels: dict[str, str], name: str | None = None) -> t
 
 def _decode(args: tuple[Path, Item, Path, int]) -> Decoded:
     root, item, image_dir, max_pixels = args
-    out = Decoded(item.source, item.label, item.reason, item.detail)
+    out = Decoded(item.source, item.label, item.reason, item.detail, item.subtype)
     if item.reason:
         return out
     path = root / item.source
@@ -342,6 +343,8 @@ def ingest_folder(
                 "sha256": accepted["sha256"],
                 "phash": accepted["phash"].map("{:016x}".format),
                 "source": accepted["source"],
+                "subtype": accepted["subtype"],  # the class folder (glioma, notumor, ...) or the class name
+                "source_folder": accepted["source"].map(top_folder),  # e.g. Training / Testing
             }
         )
 
@@ -361,6 +364,12 @@ def ingest_folder(
         write_table(tmp / "files.csv", files)
         write_json(tmp / "report.json", report)
     return report
+
+
+def top_folder(source: str) -> str:
+    """The first folder of a source path (`Training/glioma/1.jpg` -> `Training`), '' for a file at the root."""
+    parts = PurePosixPath(source).parts
+    return parts[0] if len(parts) > 1 else ""
 
 
 def _reasons_text(by_reason: Mapping[str, int]) -> str:

@@ -24,6 +24,7 @@ class Item:
     label: int | None = None
     reason: str | None = None  # set when the item is rejected before decoding
     detail: str = ""
+    subtype: str = ""  # the class folder that gave the label (e.g. glioma, notumor), for subgroup metrics
 
 
 # ---------------------------------------------------------------- opening a dataset (folder or zip)

@@ -130,7 +130,7 @@ def split_dataset(params: dict, dataset_dir: Path, out_dir: Path, report_path: P
     rows = manifest.sort_values(["split_order", "label", "id"], kind="stable", ignore_index=True)
     rows["file"] = rows["split"] + "/" + rows["class"] + "/" + rows["id"] + ".png"
     columns = ["id", "split", "file", "label", "class", "group", "duplicate_group", "train_similarity"]
-    rows = rows[[*columns, "sha256", "source"]]
+    rows = rows[[*columns, "sha256", "source", "subtype", "source_folder"]]
     with atomic_dir(out_dir) as tmp:
         for split in SPLITS:
             for name in CLASSES:

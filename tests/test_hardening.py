@@ -27,13 +27,13 @@ from conftest import PROJECT, save, scan, venv_env
 from PIL import Image
 
 from brain_tumor import ingest, sources
+from brain_tumor.checkpoint import load_trained
 from brain_tumor.data import cached_array, code_fingerprint
 from brain_tumor.errors import PipelineError
 from brain_tumor.images import RejectedFile, load_rgb, reject_blank
 from brain_tumor.labels import require_both_classes
 from brain_tumor.models import ScratchCNN
 from brain_tumor.outputs import atomic_write, read_table, sweep_temporaries
-from brain_tumor.checkpoint import load_trained
 
 # ---------------------------------------------------------------- a workspace the real stage scripts run in
 
