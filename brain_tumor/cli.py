@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
 from .errors import PipelineError
+from .stage import exit_status, handle_signals
 
 
 def weights_command(args: argparse.Namespace) -> None:
@@ -18,7 +20,15 @@ def weights_command(args: argparse.Namespace) -> None:
 
 def predict_command(args: argparse.Namespace) -> None:
     """P(tumor) for every scan under the PATHs: a table on stdout, or a CSV / JSON file with --out."""
-    from .predict import limits_from_params, load_model, operating_point, predict_paths, reasons_text, write_predictions
+    from .predict import (
+        limits_from_params,
+        load_model,
+        operating_point,
+        predict_paths,
+        reasons_text,
+        write_predictions,
+        writing,
+    )
 
     if args.out is not None and args.out.suffix not in (".csv", ".json"):
         raise PipelineError(f"--out {args.out}: expected a .csv or .json file name")
@@ -33,7 +43,8 @@ def predict_command(args: argparse.Namespace) -> None:
     if not predicted:
         raise PipelineError(f"no file could be predicted ({reasons_text(table) or 'no files found'})")
     if args.out is not None:
-        write_predictions(table, args.out)
+        with writing("--out", args.out):
+            write_predictions(table, args.out)
     else:
         print(f"model {model.name} (sha256 {model.sha256[:12]}), threshold {threshold:g} ({source})")
         shown = table[["path", "p_tumor", "predicted_class", "reason"]]
@@ -72,10 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command as a stage runs: what goes wrong is one `error:` line and a non-zero exit, Ctrl-C (130)
+    and SIGTERM (143) included, raised where the command is so that its temporary folders are removed.
+    The signal handlers are put back on return, for callers in the same process (tests)."""
     args = build_parser().parse_args(argv)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    handle_signals()
     try:
-        args.handler(args)
-    except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+        return exit_status(lambda: args.handler(args))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

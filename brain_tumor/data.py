@@ -16,26 +16,21 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .console import progress
-from .errors import PipelineError, one_line, warn
+from .contracts import read_split_manifest
+from .errors import one_line, warn
 from .images import resize_rgb
-from .outputs import file_sha256, read_table, temporary_dir, write_json
-from .stage import pool_worker_init
+from .outputs import cache_dir, file_sha256, temporary_dir, write_json
+from .stage import worker_pool
 
 MEAN = STD = (0.5, 0.5, 0.5)  # the seed's Normalize((0.5,)*3, (0.5,)*3)
-CACHE_FORMAT = "v3"  # a folder per entry: array.npy + meta.json
+CACHE_FORMAT = "v4"  # a folder per entry: array.npy + meta.json (with the entry's key)
 LIBRARIES = ("torch", "torchvision", "pillow", "numpy")
-
-
-def cache_dir() -> Path:
-    """data/cache, or $BRAIN_TUMOR_CACHE (tests and benchmarks keep theirs apart)."""
-    return Path(os.environ.get("BRAIN_TUMOR_CACHE", "data/cache"))
 
 
 def code_fingerprint(*code: object) -> str:
@@ -52,13 +47,17 @@ def code_fingerprint(*code: object) -> str:
 
 
 def cache_problem(entry: Path, shape: tuple[int, ...], dtype: type) -> str | None:
-    """Why the cache entry cannot be used (missing part, other shape or dtype, wrong size, bad checksum), or None.
+    """Why the cache entry cannot be used (another entry's content, missing part, other shape or dtype, wrong
+    size, bad checksum), or None. An entry's name is its key, which says which images it holds; its meta.json
+    repeats the key, so an entry renamed or swapped with another of the same shape is caught too.
 
     The sha256 reads the whole array once per load: 0.03 s for the default train split (32 MiB), 0.2 s for 300 MiB.
     """
     try:
         meta = json.loads((entry / "meta.json").read_text())
         size = (entry / "array.npy").stat().st_size
+        if meta["key"] != entry.name:
+            return f"holds entry {meta['key']!r}, not {entry.name!r} (renamed or swapped)"
         if meta["shape"] != list(shape) or meta["dtype"] != np.dtype(dtype).str:
             return f"holds {meta['dtype']} {meta['shape']}, expected {np.dtype(dtype).str} {list(shape)}"
         if size != meta["bytes"]:
@@ -92,7 +91,7 @@ def cached_array(entry: Path, shape: tuple[int, ...], dtype: type, fill: Callabl
         array.flush()
         del array
         size = (tmp / "array.npy").stat().st_size
-        meta = {"shape": list(shape), "dtype": np.dtype(dtype).str, "bytes": size}
+        meta = {"key": entry.name, "shape": list(shape), "dtype": np.dtype(dtype).str, "bytes": size}
         write_json(tmp / "meta.json", meta | {"sha256": file_sha256(tmp / "array.npy")})
         try:
             os.replace(tmp, entry)
@@ -121,10 +120,7 @@ def _decode_resized(args: tuple[Path, int]) -> np.ndarray:
 
 
 def load_split(split_dir: Path, split: str, image_size: int) -> SplitImages:
-    manifest = split_dir / "split_manifest.csv"
-    if not manifest.is_file():
-        raise PipelineError(f"{manifest}: no such file; run the split stage first (dvc repro)")
-    rows = read_table(manifest).query("split == @split")
+    rows = read_split_manifest(split_dir).query("split == @split")
     digest = hashlib.sha256(f"{split} {image_size} {code_fingerprint(_decode_resized, resize_rgb)}".encode())
     for sha in rows["sha256"]:
         digest.update(sha.encode())
@@ -132,7 +128,7 @@ def load_split(split_dir: Path, split: str, image_size: int) -> SplitImages:
 
     def decode(array: np.ndarray) -> None:
         jobs = [(split_dir / f, image_size) for f in rows["file"]]
-        with Pool(min(len(jobs), os.cpu_count() or 1) or 1, initializer=pool_worker_init) as pool:
+        with worker_pool(min(len(jobs), os.cpu_count() or 1) or 1) as pool:
             decoded = pool.imap(_decode_resized, jobs, chunksize=32)
             for i, rgb in enumerate(progress(decoded, f"decode {split}", len(jobs), "img")):
                 array[i] = rgb

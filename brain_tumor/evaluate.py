@@ -138,7 +138,11 @@ def evaluate_models(
     test_at = {"test": {}, "test_operating_point": {}}
     intervals = {"test": {}, "test_operating_point": {}}
     validation: dict[str, dict[str, float]] = {}
-    trained = {name: load_trained(path) for name, path in model_paths.items()}  # all readable before any write
+    manifest_sha256 = file_sha256(split_dir / "split_manifest.csv")
+    trained = {  # all checked before any write: the right kind of model, trained on this very split
+        name: load_trained(path, expect_kind=name, split_manifest_sha256=manifest_sha256)
+        for name, path in model_paths.items()
+    }
     for name, path in model_paths.items():
         model, meta = trained[name]
         val = load_split(split_dir, "val", meta["image_size"])

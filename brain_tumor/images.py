@@ -30,10 +30,10 @@ def load_rgb(path: str | Path, max_pixels: int) -> np.ndarray:
     against `max_pixels` from the header, before any pixel is decoded.
     """
     path = Path(path)
-    if path.stat().st_size == 0:
-        raise RejectedFile("empty_file")
     Image.MAX_IMAGE_PIXELS = None  # checked below against the configured limit itself (PIL's error quotes 2x)
     try:
+        if path.stat().st_size == 0:
+            raise RejectedFile("empty_file")
         with Image.open(path) as opened:
             width, height = opened.size
             if width * height > max_pixels:
@@ -44,6 +44,8 @@ def load_rgb(path: str | Path, max_pixels: int) -> np.ndarray:
             return _to_rgb(ImageOps.exif_transpose(opened))
     except UnidentifiedImageError:
         raise RejectedFile("not_an_image") from None
+    except (PermissionError, FileNotFoundError) as err:  # the file is fine; we may not (or no longer) read it
+        raise RejectedFile("unreadable", err.strerror or type(err).__name__) from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as err:
         raise RejectedFile("truncated_or_corrupt", one_line(err)) from None
 
@@ -75,13 +77,20 @@ def scale_to_uint8(values: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(scaled, 0, 255)).astype(np.uint8)
 
 
-BLANK_RANGE = 8  # grey levels: an image whose pixels all lie this close together shows nothing
+BLANK_RANGE = 8  # grey levels: an image whose pixels (bar a few outliers) lie this close together shows nothing
 
 
 def reject_blank(rgb: np.ndarray) -> None:
-    """A blank (near-uniform) image carries no class evidence: refuse it rather than train on it."""
-    if rgb.size and int(rgb.max()) - int(rgb.min()) <= BLANK_RANGE:
-        raise RejectedFile("blank_image", f"all pixels within {int(rgb.max()) - int(rgb.min())} grey levels")
+    """A blank (near-uniform) image carries no class evidence: refuse it rather than train on it.
+
+    The spread is taken between the 1st and 99th percentiles, so a hot pixel or a burnt-in dot on a black
+    frame does not make it a scan.
+    """
+    if not rgb.size:
+        return
+    low, high = np.percentile(rgb, [1, 99])
+    if high - low <= BLANK_RANGE:
+        raise RejectedFile("blank_image", f"1st to 99th percentile of pixel values within {high - low:g} grey levels")
 
 
 def decode_scan(path: Path, max_pixels: int) -> np.ndarray:

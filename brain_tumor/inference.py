@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +42,13 @@ def model_input(images: list[np.ndarray], image_size: int, mean: list[float], st
 
 
 def onnx_session(path: Path, threads: int = 0):
-    """An ONNX Runtime CPU session on `path` and the file's metadata; `threads` 0 lets ONNX Runtime choose."""
+    """An ONNX Runtime CPU session on `path` and the file's metadata; `threads` 0 lets ONNX Runtime choose.
+
+    ONNX Runtime's telemetry is turned off unless ORT_DISABLE_TELEMETRY is set: its Linux wheels upload
+    usage events and leave a device id in ~/.cache and a `.ses` file in $TMPDIR, which a tool that reads
+    scans has no business doing.
+    """
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # read once, when onnxruntime is first imported
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -49,6 +58,76 @@ def onnx_session(path: Path, threads: int = 0):
     except Exception as err:  # onnxruntime raises its own exception types for an unreadable file
         raise PipelineError(f"{path}: not a readable ONNX model ({str(err).splitlines()[0]})") from None
     return session, session.get_modelmeta().custom_metadata_map
+
+
+@dataclass(frozen=True)
+class OnnxContract:
+    """What an exported file's metadata promises, checked against its graph by `check_onnx_contract`."""
+
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    threshold: float | None  # the operating point stored in the file; None where export had only the default
+    source_model_sha256: str  # the trained .pt file it was exported from: what a threshold file was chosen for
+
+
+ONNX_METADATA = ("image_size", "mean", "std", "threshold", "threshold_source", "source_model_sha256")
+REEXPORT = "re-export it (python -m stages.export)"
+
+
+def _size(text: str) -> int | None:
+    return int(text) if int(text) >= 1 else None
+
+
+def _channels(text: str) -> list[float] | None:
+    values = json.loads(text)
+    numbers = isinstance(values, list) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    return [float(v) for v in values] if numbers and len(values) == 3 and all(map(math.isfinite, values)) else None
+
+
+def _positive_channels(text: str) -> list[float] | None:
+    values = _channels(text)
+    return values if values and min(values) > 0 else None
+
+
+def _threshold(text: str) -> float | None:
+    return float(text) if is_threshold(float(text)) else None
+
+
+def _metadata(meta: dict[str, str], key: str, parse: Callable[[str], Any], expected: str, path: Path) -> Any:
+    """meta[key] parsed, or a one-line error: `parse` returns None (or raises ValueError) for a bad value."""
+    try:
+        value = parse(meta[key])
+    except (ValueError, TypeError):
+        value = None
+    if value is None:
+        raise PipelineError(f"{path}: ONNX metadata {key} {meta[key][:40]!r} is not {expected}; {REEXPORT}")
+    return value
+
+
+def check_onnx_contract(session, meta: dict[str, str], path: Path) -> OnnxContract:
+    """The file's metadata, checked (keys, types, ranges) and held against its graph (one float32 input
+    [batch, 3, image_size, image_size], an output `p_tumor` [batch]) before ONNX Runtime is asked to run it."""
+    if missing := [key for key in ONNX_METADATA if key not in meta]:
+        raise PipelineError(f"{path}: ONNX metadata lacks {', '.join(missing)}; {REEXPORT}")
+    size = _metadata(meta, "image_size", _size, "a positive integer", path)
+    mean = _metadata(meta, "mean", _channels, "a JSON list of 3 numbers", path)
+    std = _metadata(meta, "std", _positive_channels, "a JSON list of 3 positive numbers", path)
+    threshold = _metadata(meta, "threshold", _threshold, "a number between 0 and 1", path)
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    shape = inputs[0].shape if len(inputs) == 1 else []
+    spatial = all(not isinstance(d, int) or d == size for d in shape[2:])  # a named (free) size takes any
+    if len(shape) != 4 or shape[1] != 3 or not spatial or inputs[0].type != "tensor(float)":
+        found = "; ".join(f"{i.name} {i.type} {i.shape}" for i in inputs)
+        raise PipelineError(
+            f"{path}: the graph's input ({found}) is not float32 [batch, 3, {size}, {size}] as its metadata says; "
+            f"{REEXPORT}"
+        )
+    if not any(o.name == "p_tumor" and len(o.shape) == 1 for o in outputs):
+        found = "; ".join(f"{o.name} {o.shape}" for o in outputs)
+        raise PipelineError(f"{path}: the graph has no output p_tumor of shape [batch] (outputs: {found}); {REEXPORT}")
+    stored = None if meta["threshold_source"] == "default" else threshold
+    return OnnxContract(size, mean, std, stored, meta["source_model_sha256"])
 
 
 def onnx_p_tumor(session) -> Callable[[np.ndarray], np.ndarray]:
@@ -67,9 +146,15 @@ def threshold_file(model_path: Path) -> Path:
     return model_path.with_suffix(".threshold.json")
 
 
+def is_threshold(value: object) -> bool:
+    """A P(tumor) threshold: a finite number in [0, 1] (not a bool)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and math.isfinite(value) and 0 <= value <= 1
+
+
 def valid_threshold(value: object, where: str) -> float:
-    """A P(tumor) threshold: a finite number in [0, 1], else a one-line error naming `where`."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not 0 <= value <= 1:
+    """A P(tumor) threshold, else a one-line error naming `where`."""
+    if not is_threshold(value):
         raise PipelineError(f"{where}: threshold {value!r} is not a number between 0 and 1")
     return float(value)
 

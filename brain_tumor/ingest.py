@@ -2,7 +2,7 @@
 with every input file accounted for: accepted, an exact duplicate of an accepted image, or rejected
 with a reason.
 
-Layouts: the Kaggle "Brain Tumor" layout (a CSV with `Image` and `Class` at the root or one level down,
+Layouts: the Kaggle "Brain Tumor" layout (CSVs with `Image` and `Class` at the root or one level down,
 images anywhere below it) and class-folder trees of any depth whose folder names map to a class through
 `data.tumor_folders` / `data.non_tumor_folders`. Either as a folder or a `.zip`.
 """
@@ -13,10 +13,10 @@ import codecs
 import csv
 import io
 import os
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from multiprocessing import Pool
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -28,7 +28,7 @@ from .images import RejectedFile, decode_scan, perceptual_hash, pixel_sha256, sa
 from .labels import CLASSES, require_both_classes
 from .outputs import atomic_dir, atomic_write, scratch_dir, write_json, write_table
 from .sources import Item, is_system_file, safe_extract, scan_files
-from .stage import pool_worker_init
+from .stage import worker_pool
 
 
 @dataclass
@@ -48,14 +48,17 @@ class Decoded:
 
 
 def _decode_text(path: Path) -> str:
-    """A text file's content: UTF-8 (with or without BOM), UTF-16 with a BOM, else Latin-1 (never fails)."""
+    """A text file's content: UTF-8 (with or without BOM), UTF-16 with a BOM, else Windows-1252 (what Excel
+    writes on Windows: curly quotes and dashes in 0x80-0x9f), else Latin-1 (never fails)."""
     raw = path.read_bytes()
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return raw.decode("utf-16", errors="replace")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            pass
+    return raw.decode("latin-1")
 
 
 def _delimiter(header: str) -> str:
@@ -88,7 +91,7 @@ def label_table_columns(path: Path, name: str) -> list[str]:
 
 
 def read_label_table(path: Path, name: str | None = None) -> pd.DataFrame:
-    """A label CSV as strings: UTF-8 (with or without BOM), UTF-16 or Latin-1; separator `,` `;` tab or `|`."""
+    """A label CSV as strings (encodings as `_decode_text` reads them); separator `,` `;` tab or `|`."""
     name = name or str(path)
     text = _decode_text(path)
     try:
@@ -105,69 +108,82 @@ def read_label_table(path: Path, name: str | None = None) -> pd.DataFrame:
     return table
 
 
-def find_label_csv(root: Path, files: list[PurePosixPath], name: str | None = None) -> PurePosixPath | None:
-    """The Kaggle label table: a CSV at the root or one level down with `Image` and `Class` columns."""
+def find_label_tables(root: Path, files: list[PurePosixPath], name: str | None = None) -> list[PurePosixPath]:
+    """The Kaggle label tables: the CSVs at the root or one level down with `Image` and `Class` columns."""
     name = name or str(root)
     candidates = [f for f in files if f.suffix.lower() == ".csv" and len(f.parts) <= 2 and not is_system_file(f)]
     columns = {f: set(label_table_columns(root / f, f"{name}/{f}")) for f in candidates}
     with_image = [f for f in candidates if "Image" in columns[f]]
     with_class = [f for f in with_image if "Class" in columns[f]]
-    if with_class:
-        return with_class[0]
-    if with_image:
+    if with_image and not with_class:
         raise PipelineError(f"{name}/{with_image[0]}: has an 'Image' column but no 'Class' column")
-    return None
+    return with_class
+
+
+def _name_key(name: str) -> str:
+    """How an Image cell matches a file name: case-insensitive, and NFC (macOS zips store names decomposed)."""
+    return unicodedata.normalize("NFC", name).lower()
 
 
 def kaggle_items(
     root: Path,
     files: list[PurePosixPath],
-    table: PurePosixPath,
+    tables: Sequence[PurePosixPath],
     name: str | None = None,
     refused: Sequence[Item] = (),
 ) -> list[Item]:
     """Match CSV rows (Image name with or without extension) to image files found anywhere below root.
 
-    A row naming a file already named by an earlier row is a `duplicate_csv_row` (and, if the two rows
-    disagree on the class, the file a `label_conflict`); a row naming a refused file (a symlink, ...) adds
-    nothing, the refused file is already counted once.
+    A row naming a file already named by an earlier row of its table is a `duplicate_csv_row` (and, if the
+    two rows disagree on the class, the file a `label_conflict`); a row naming a refused file (a symlink,
+    ...) adds nothing, the refused file is already counted once. Several tables are read as one: they may
+    name the same image if they give it the same class; a different class is a PipelineError naming both.
     """
-    tables = {f for f in files if f.suffix.lower() == ".csv" and len(f.parts) <= 2}
+    name = name or str(root)
+    csvs = {f for f in files if f.suffix.lower() == ".csv" and len(f.parts) <= 2}
     refused_paths = {PurePosixPath(item.source) for item in refused}
     by_name: dict[str, PurePosixPath] = {}
     for f in [*files, *sorted(refused_paths)]:
-        if f not in tables and not is_system_file(f):
-            by_name.setdefault(f.name.lower(), f)
-            by_name.setdefault(f.stem.lower(), f)
+        if f not in csvs and not is_system_file(f):
+            by_name.setdefault(_name_key(f.name), f)
+            by_name.setdefault(_name_key(f.stem), f)
     items: list[Item] = []
-    first: dict[object, tuple[int, Item | None]] = {}  # file (or missing name) -> (row, its item)
-    rows = read_label_table(root / table, f"{name or root}/{table}")
-    pairs = zip(rows["Image"].str.strip(), rows["Class"].str.strip(), strict=True)
-    for row, (image, raw_label) in enumerate(pairs, start=2):  # row numbers as a spreadsheet shows them
-        path = by_name.get(image.lower())
-        key = path or ("missing", image.lower())
-        if key in first:
-            first_row, first_item = first[key]
-            again = f"{image!r} again (row {first_row})"
-            items.append(Item(f"{table}:row {row}", reason="duplicate_csv_row", detail=again))
-            if first_item is not None and first_item.label is not None and raw_label != str(first_item.label):
-                first_item.label, first_item.reason = None, "label_conflict"
-                first_item.detail = f"rows {first_row} and {row} give different classes"
-            continue
-        if path is None:
-            item = Item(f"{table}:{image}", reason="missing_file", detail="listed in the CSV, no such image")
-        elif path in refused_paths:
-            item = None
-        elif raw_label not in ("0", "1"):
-            item = Item(path.as_posix(), reason="bad_label", detail=f"Class {raw_label!r} is not 0 or 1")
-        else:
-            item = Item(path.as_posix(), label=int(raw_label), subtype=CLASSES[int(raw_label)])
-        first[key] = (row, item)
-        if item is not None:
-            items.append(item)
+    first: dict[object, tuple[PurePosixPath, int, str, Item | None]] = {}  # file or missing name -> its first row
+    for table in tables:
+        rows = read_label_table(root / table, f"{name}/{table}")
+        pairs = zip(rows["Image"].str.strip(), rows["Class"].str.strip(), strict=True)
+        for row, (image, raw_label) in enumerate(pairs, start=2):  # row numbers as a spreadsheet shows them
+            path = by_name.get(_name_key(image))
+            key = path or ("missing", _name_key(image))
+            if key in first:
+                first_table, first_row, first_label, first_item = first[key]
+                if first_table == table:
+                    again = f"{image!r} again (row {first_row})"
+                    items.append(Item(f"{table}:row {row}", reason="duplicate_csv_row", detail=again))
+                    if first_item is not None and first_item.label is not None and raw_label != first_label:
+                        first_item.label, first_item.reason = None, "label_conflict"
+                        first_item.detail = f"rows {first_row} and {row} give different classes"
+                elif raw_label != first_label:
+                    raise PipelineError(
+                        f"{name}/{first_table} and {name}/{table} give different classes for {image!r} "
+                        f"({first_label!r} on row {first_row}, {raw_label!r} on row {row}); correct one of them"
+                    )
+                continue
+            if path is None:
+                item = Item(f"{table}:{image}", reason="missing_file", detail="listed in the CSV, no such image")
+            elif path in refused_paths:
+                item = None
+            elif raw_label not in ("0", "1"):
+                item = Item(path.as_posix(), reason="bad_label", detail=f"Class {raw_label!r} is not 0 or 1")
+            else:
+                item = Item(path.as_posix(), label=int(raw_label), subtype=CLASSES[int(raw_label)])
+            first[key] = (table, row, raw_label, item)
+            if item is not None:
+                items.append(item)
+    listed_in = " or ".join(str(t) for t in tables)
     for f in files:
-        if f not in first and f not in tables and not is_system_file(f):
-            items.append(Item(f.as_posix(), reason="not_in_csv", detail=f"not listed in {table}"))
+        if f not in first and f not in csvs and not is_system_file(f):
+            items.append(Item(f.as_posix(), reason="not_in_csv", detail=f"not listed in {listed_in}"))
     return items
 
 
@@ -210,8 +226,8 @@ def list_items(root: Path, labels: dict[str, str], name: str | None = None) -> t
     if len(files) == system:
         refused_text = f" ({_reasons_text(Counter(item.reason for item in refused))} refused)" if refused else ""
         raise PipelineError(f"{name}: no files found{refused_text}")
-    table = find_label_csv(root, files, name)
-    items = kaggle_items(root, files, table, name, refused) if table else folder_items(root, files, labels, name)
+    tables = find_label_tables(root, files, name)
+    items = kaggle_items(root, files, tables, name, refused) if tables else folder_items(root, files, labels, name)
     return refused + items, system
 
 
@@ -242,7 +258,7 @@ def decode_all(root: Path, items: list[Item], image_dir: Path, max_pixels: int, 
     jobs = [(root, item, image_dir, max_pixels) for item in items]
     if processes <= 1:
         return [_decode(job) for job in progress(jobs, "ingest", unit="file")]
-    with Pool(processes, initializer=pool_worker_init) as pool:
+    with worker_pool(processes) as pool:
         return list(progress(pool.imap(_decode, jobs, chunksize=16), "ingest", len(jobs), "file"))
 
 

@@ -126,3 +126,8 @@ def write_table(path: str | Path, table: pd.DataFrame) -> None:
 def read_table(path: str | Path) -> pd.DataFrame:
     """A CSV this pipeline wrote; ids and hashes stay strings (a hex id like '1e5' is not a number)."""
     return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def cache_dir() -> Path:
+    """data/cache, or $BRAIN_TUMOR_CACHE (tests and benchmarks keep theirs apart)."""
+    return Path(os.environ.get("BRAIN_TUMOR_CACHE", "data/cache"))

@@ -3,7 +3,9 @@
 A new key is one line in SCHEMA. Errors name the key, the value and what is allowed, in one line.
 params.yaml is read as YAML 1.2, as DVC reads and writes it (`dvc exp run -S` drops the quotes around
 "yes"): only true/false are booleans and `1e-3` is a number. Values must have their type (`"false"` is
-not a bool, `20.0` is not an int); a Float also takes a string that spells a number.
+not a bool, `20.0` is not an int); a Float also takes a string that spells a number. Like DVC, the reader
+refuses a key given twice in one mapping, and it refuses aliases that expand beyond MAX_YAML_NODES values
+(an alias bomb) before anything is built from them.
 """
 
 from __future__ import annotations
@@ -34,6 +36,49 @@ _BOOL_12 = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$")
 ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL_12, list("tTfF"))
 ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+.0123456789"))
+
+MAX_YAML_NODES = 100_000  # values once every alias is expanded: params.yaml has about 100, an alias bomb billions
+_MERGE = "tag:yaml.org,2002:merge"  # `<<: *defaults`: keys given beside it override the merged ones
+
+
+def _refuse_duplicate_keys(node: yaml.MappingNode, source: str) -> None:
+    first: dict[tuple[str, str], int] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE:
+            continue
+        line = key.start_mark.line + 1
+        if (key.tag, key.value) in first:
+            raise PipelineError(
+                f"{source}: line {line}: duplicate key {key.value!r} (first on line {first[key.tag, key.value]})"
+            )
+        first[key.tag, key.value] = line
+
+
+def _check_nodes(root: yaml.Node, source: str) -> None:
+    """Refuse a composed document with a key twice in a mapping, an alias inside its own anchor, or aliases
+    expanding to more than MAX_YAML_NODES values. Each node is sized once (aliases share their node)."""
+    sizes: dict[int, int | None] = {}  # node id -> expanded size; None while its children are being sized
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            if sizes[id(node)] is None:
+                raise PipelineError(f"{source}: line {node.start_mark.line + 1}: an alias refers to its own anchor")
+            return sizes[id(node)]
+        sizes[id(node)] = None
+        children = node.value if isinstance(node, yaml.SequenceNode) else []
+        if isinstance(node, yaml.MappingNode):
+            _refuse_duplicate_keys(node, source)
+            children = [child for pair in node.value for child in pair]
+        total = 1 + sum(size(child) for child in children)
+        if total > MAX_YAML_NODES:
+            raise PipelineError(
+                f"{source}: line {node.start_mark.line + 1}: aliases expand to more than {MAX_YAML_NODES} values "
+                "(an alias bomb?); refusing to read it"
+            )
+        sizes[id(node)] = total
+        return total
+
+    size(root)
 
 
 class Invalid(ValueError):
@@ -269,13 +314,28 @@ def validate_params(raw: Any, source: str = "params.yaml") -> dict:
     return params
 
 
-def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """params.yaml, checked against the schema (params.py) before a stage does any work."""
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file read as params.yaml is (ParamsLoader), its node graph checked (`_check_nodes`) before any
+    value is built; every problem is a one-line PipelineError naming the file."""
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=ParamsLoader)
+        loader = ParamsLoader(path.read_text(encoding="utf-8"))
+        try:
+            node = loader.get_single_node()
+            if node is None:  # an empty file
+                return None
+            _check_nodes(node, str(path))
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
     except FileNotFoundError:
         raise PipelineError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise PipelineError(f"{path}: not readable YAML ({' '.join(str(err).split())})") from None
-    return validate_params(raw, str(path))
+    except RecursionError:
+        raise PipelineError(f"{path}: not readable YAML (nested too deeply)") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """params.yaml, checked against the schema (params.py) before a stage does any work."""
+    return validate_params(read_yaml(path), str(path))

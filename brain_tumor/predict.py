@@ -1,14 +1,18 @@
 """`brain-tumor predict`: P(tumor) for new scans, with a trained model (.pt) or its ONNX export (.onnx).
 
 Files are decoded by the ingest rules (`images.load_rgb`) and a file that cannot be used becomes a row
-with its reason, never a crash. This module imports no torch: the ONNX path runs on onnxruntime alone,
+with its reason, never a crash. A model file, its threshold file or an output path that cannot be used is
+one `error:` line naming it. This module imports no torch: the ONNX path runs on onnxruntime alone,
 and decoding, resizing and normalising are numpy and PIL code (`export.model_input`) that the PyTorch
 path shares, so the two paths cannot drift apart.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -22,11 +26,12 @@ import pandas as pd
 from .console import progress
 from .errors import PipelineError
 from .images import RejectedFile, decode_scan, save_png
-from .inference import model_input, onnx_p_tumor, onnx_session, threshold_file
+from .inference import check_onnx_contract, model_input, onnx_p_tumor, onnx_session, read_threshold, threshold_file
 from .labels import CLASSES
-from .outputs import file_sha256, write_json, write_table
-from .params import load_params
+from .outputs import file_sha256, scratch_dir, write_json, write_table
+from .params import SCHEMA, Invalid, read_yaml
 from .sources import is_system_file, safe_extract, scan_files
+from .stage import CAUSES
 
 COLUMNS = ["path", "p_tumor", "predicted_class", "threshold", "model", "model_sha256", "reason"]
 DEFAULT_THRESHOLD = 0.5
@@ -47,6 +52,7 @@ class Model:
     mean: list[float]
     std: list[float]
     p_tumor: Callable[[np.ndarray], np.ndarray]
+    trained_sha256: str  # the trained .pt file (an ONNX file's source): what its threshold file was chosen for
     threshold: float | None = None  # the operating point stored inside an ONNX file
     network: Any = None  # the torch module (.pt only): Grad-CAM needs it
 
@@ -66,16 +72,17 @@ def model_path(spec: str) -> Path:
 
 
 def load_model(spec: str) -> Model:
+    """`transfer` / `scratch` must hold that kind of model (swapped files are refused), a file anything."""
     path = model_path(spec)
-    return load_onnx(path) if path.suffix == ".onnx" else load_torch(path)
+    return load_onnx(path) if path.suffix == ".onnx" else load_torch(path, spec if spec in NAMED_MODELS else None)
 
 
-def load_torch(path: Path) -> Model:
+def load_torch(path: Path, expect_kind: str | None = None) -> Model:
     import torch
 
     from .checkpoint import load_trained
 
-    network, meta = load_trained(path)
+    network, meta = load_trained(path, expect_kind=expect_kind)
     network = network.to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
@@ -83,36 +90,39 @@ def load_torch(path: Path) -> Model:
         logits = network(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
         return torch.softmax(logits.float(), 1)[:, 1].numpy()
 
-    return Model(path, file_sha256(path), meta["image_size"], meta["mean"], meta["std"], p_tumor, network=network)
+    sha256 = file_sha256(path)
+    return Model(path, sha256, meta["image_size"], meta["mean"], meta["std"], p_tumor, sha256, network=network)
 
 
 def load_onnx(path: Path, threads: int = 0) -> Model:
-    """An ONNX file written by `export`: its preprocessing and operating point are in its metadata.
-
-    `threads` 0 lets ONNX Runtime choose (one per physical core).
+    """An ONNX file written by `export`: its preprocessing and operating point are in its metadata, checked
+    against its graph before it runs. `threads` 0 lets ONNX Runtime choose (one per physical core).
     """
     session, meta = onnx_session(path, threads)
-    if "image_size" not in meta:
-        raise PipelineError(f"{path}: no preprocessing metadata; export it with `python stages/export.py`")
-    threshold = float(meta["threshold"]) if meta.get("threshold_source", "default") != "default" else None
+    contract = check_onnx_contract(session, meta, path)
     return Model(
         path,
         file_sha256(path),
-        int(meta["image_size"]),
-        json.loads(meta["mean"]),
-        json.loads(meta["std"]),
+        contract.image_size,
+        contract.mean,
+        contract.std,
         onnx_p_tumor(session),
-        threshold=threshold,
+        contract.source_model_sha256,
+        threshold=contract.threshold,
     )
 
 
 def operating_point(model: Model, override: float | None) -> tuple[float, str]:
-    """The threshold to use and where it came from: --threshold, the evaluate stage's file, the ONNX file, 0.5."""
+    """The threshold to use and where it came from: --threshold, the evaluate stage's file, the ONNX file, 0.5.
+
+    The evaluate stage's file is checked (`read_threshold`): damaged, or chosen for another model file, it
+    is an error, never silently used nor silently skipped.
+    """
     if override is not None:
         return override, "--threshold"
     sidecar = threshold_file(model.path)
-    if sidecar.is_file():
-        return float(json.loads(sidecar.read_text())["threshold"]), str(sidecar)
+    if os.path.lexists(sidecar):
+        return float(read_threshold(sidecar, model.trained_sha256)["threshold"]), str(sidecar)
     if model.threshold is not None:
         return model.threshold, f"{model.name} metadata"
     return DEFAULT_THRESHOLD, f"default: no {sidecar}"
@@ -128,11 +138,24 @@ class Limits:
 
 
 def limits_from_params(path: Path = Path("params.yaml")) -> Limits:
-    """Ingest's decompression-bomb and archive limits from params.yaml when there is one here."""
-    data = (load_params(path) or {}).get("data", {}) if path.is_file() else {}
+    """Ingest's decompression-bomb and archive limits from params.yaml when there is one here, read leniently:
+    the folder may be another project's, so a file that does not parse, or a value that is absent or not
+    what the schema allows, leaves the default."""
+    try:
+        raw = read_yaml(path) if path.is_file() else None
+    except PipelineError:
+        raw = None
+    data = raw.get("data") if isinstance(raw, dict) else None
+    data = data if isinstance(data, dict) else {}
+
+    def setting(key: str, default: int) -> int:
+        try:
+            return SCHEMA["data"][key].parse(data[key])
+        except (KeyError, Invalid):
+            return default
+
     return Limits(
-        int(data.get("max_image_pixels", DEFAULT_MAX_PIXELS)),
-        int(data.get("max_archive_mb", DEFAULT_MAX_ARCHIVE_MB)) * 2**20,
+        setting("max_image_pixels", DEFAULT_MAX_PIXELS), setting("max_archive_mb", DEFAULT_MAX_ARCHIVE_MB) * 2**20
     )
 
 
@@ -224,25 +247,28 @@ def predict_paths(
     """One row per input file (COLUMNS); files that cannot be used have an empty p_tumor and a reason.
 
     With `explain_dir`, also one Grad-CAM overlay PNG per predicted image, at the image's own size.
+    The overlays are written beside `explain_dir` and moved into it at the end: a failed or stopped run
+    leaves none.
     """
     limits = limits or Limits()
-    if explain_dir is not None:
-        if model.network is None:
-            raise PipelineError(f"--explain needs the PyTorch model (.pt); {model.name} has no gradients for Grad-CAM")
-        from .explain import blend, heatmaps
-
-        explain_dir.mkdir(parents=True, exist_ok=True)
+    if explain_dir is not None and model.network is None:
+        raise PipelineError(f"--explain needs the PyTorch model (.pt); {model.name} has no gradients for Grad-CAM")
     with ExitStack() as stack:
+        overlays = None if explain_dir is None else overlay_scratch(explain_dir, stack)
         inputs = list_inputs(args, limits, stack)
         reasons = [""] * len(inputs)
         p_tumor = np.full(len(inputs), np.nan)
         for rows, images in decoded_batches(inputs, limits, batch_size, reasons):
             x = model_input(images, model.image_size, model.mean, model.std)
             p_tumor[rows] = model.p_tumor(x)
-            if explain_dir is not None:
+            if overlays is not None:
+                from .explain import blend, heatmaps
+
                 heat = heatmaps(model.network, x, (p_tumor[rows] >= threshold).astype(int))
                 for i, rgb, h in zip(rows, images, heat, strict=True):
-                    save_png(blend(rgb, h), explain_dir / overlay_name(inputs[i].path))
+                    save_png(blend(rgb, h), overlays / overlay_name(inputs[i].path))
+        if overlays is not None:
+            publish_overlays(overlays, explain_dir)
     predicted = np.where(p_tumor >= threshold, CLASSES[1], CLASSES[0])
     return pd.DataFrame(
         {
@@ -256,6 +282,36 @@ def predict_paths(
         },
         columns=COLUMNS,
     )
+
+
+def overlay_scratch(explain_dir: Path, stack: ExitStack) -> Path:
+    """A folder beside `explain_dir` (`.tmp-<pid>-...`) for the overlays, removed with `stack`; checked first:
+    `explain_dir` must be a folder, or not exist yet."""
+    with writing("--explain", explain_dir):
+        if explain_dir.exists() and not explain_dir.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(explain_dir))
+        return stack.enter_context(scratch_dir(explain_dir.parent, explain_dir.name))
+
+
+def publish_overlays(overlays: Path, explain_dir: Path) -> None:
+    with writing("--explain", explain_dir):
+        explain_dir.mkdir(parents=True, exist_ok=True)
+        for png in sorted(overlays.iterdir()):
+            os.replace(png, explain_dir / png.name)
+
+
+@contextlib.contextmanager
+def writing(option: str, path: Path) -> Iterator[None]:
+    """An OSError while writing `path` (the value of `option`) becomes one error line naming both and the cause."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno in (errno.ENOTDIR, errno.EEXIST):  # a file where a folder must be: say which
+            blocker = next((p for p in [*reversed(path.parents), path] if p.exists() and not p.is_dir()), path)
+            cause = "not a folder" if blocker == path else f"{blocker} is not a folder"
+        else:
+            cause = CAUSES.get(err.errno, err.strerror or type(err).__name__)
+        raise PipelineError(f"{option} {path}: {cause}") from None
 
 
 def write_predictions(table: pd.DataFrame, out: Path) -> None:

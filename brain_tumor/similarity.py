@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .console import progress
-from .stage import pool_worker_init
+from .stage import worker_pool
 
 GRID = 32  # the descriptor is GRID x GRID band-passed values
 DIM = GRID * GRID
@@ -97,7 +96,7 @@ def file_descriptors(files: list[Path], processes: int | None = None) -> np.ndar
     if processes <= 1:
         rows = [_file_descriptor(f) for f in progress(files, "descriptors", unit="img")]
     else:
-        with Pool(processes, initializer=pool_worker_init) as pool:
+        with worker_pool(processes) as pool:
             rows = list(progress(pool.imap(_file_descriptor, files, chunksize=64), "descriptors", len(files), "img"))
     return np.stack(rows) if rows else np.zeros((0, DIM), np.float32)
 

@@ -9,7 +9,7 @@ import stat
 import zipfile
 import zlib
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from .errors import PipelineError, one_line
 
@@ -37,9 +37,14 @@ ZIP_METHODS = {  # the compression methods Python's zipfile reads (not deflate64
 }
 
 
+def entry_name(member: zipfile.ZipInfo) -> str:
+    """An entry's path, '/'-separated: some Windows tools write `folder\\file.jpg` (the zip format wants '/')."""
+    return member.filename.replace("\\", "/")
+
+
 def safe_extract(archive: Path, target: Path, max_bytes: int) -> list[Item]:
     """Extract `archive` into `target`; entries that would escape it, or repeat an earlier entry's name,
-    are refused and returned as rejects.
+    are refused and returned as rejects. Backslashes in entry names separate folders.
 
     Whatever makes the archive unusable (unreadable, empty, encrypted, corrupt, an unsupported compression
     method, a zip inside the zip, more than `max_bytes` uncompressed) is a one-line PipelineError naming
@@ -51,18 +56,19 @@ def safe_extract(archive: Path, target: Path, max_bytes: int) -> list[Item]:
         raise PipelineError(f"{archive}: not a readable zip archive ({one_line(err)})") from None
     refused: list[Item] = []
     with zf:
-        members = [m for m in zf.infolist() if not m.is_dir()]
+        members = [m for m in zf.infolist() if not entry_name(m).endswith("/")]
         _check_archive(archive, members, max_bytes)
         written = 0
         root = target.resolve()
         extracted: set[Path] = set()
         for index, member in enumerate(members):
-            name = member.filename
+            name = entry_name(member)
             is_symlink = (member.external_attr >> 16) & 0o170000 == 0o120000
             dest = (target / name).resolve()
             if (
                 is_symlink
                 or PurePosixPath(name).is_absolute()
+                or PureWindowsPath(name).drive  # C:/..., written from a Windows path
                 or ".." in PurePosixPath(name).parts
                 or not dest.is_relative_to(root)
             ):
@@ -104,7 +110,7 @@ def _check_archive(archive: Path, members: list[zipfile.ZipInfo], max_bytes: int
                 f"{entry} uses compression method {m.compress_type}, which Python cannot read; "
                 f"re-create the archive with one of: {', '.join(ZIP_METHODS.values())}"
             )
-        if m.filename.lower().endswith(".zip") and not is_system_file(PurePosixPath(m.filename)):
+        if m.filename.lower().endswith(".zip") and not is_system_file(PurePosixPath(entry_name(m))):
             raise PipelineError(f"{entry} is itself a zip archive; extract it and set data.source to it")
 
 

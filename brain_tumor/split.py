@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .contracts import DATASET_MANIFEST
 from .data_report import leakage_levels, write_people_report
 from .errors import PipelineError
 from .labels import CLASSES, SPLITS, require_both_classes
-from .outputs import atomic_dir, read_table, write_json, write_table
+from .outputs import atomic_dir, write_json, write_table
 from .similarity import (
     Grouping,
     Neighbours,
@@ -105,7 +106,7 @@ def split_dataset(params: dict, dataset_dir: Path, out_dir: Path, report_path: P
     """The split stage: data/dataset -> out_dir/{train,val,test}/{class}/<id>.png + split_manifest.csv."""
     fractions = check_fractions(params["split"])
     settings = GroupingSettings.from_params(params["split"])
-    manifest = read_table(dataset_dir / "manifest.csv")
+    manifest = DATASET_MANIFEST.read(dataset_dir / "manifest.csv")
     if manifest.empty:
         raise PipelineError(f"{dataset_dir / 'manifest.csv'}: no images to split")
     descriptors = file_descriptors([dataset_dir / f for f in manifest["file"]])

@@ -21,6 +21,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -37,7 +38,7 @@ from . import data as data_module
 from . import models as models_module
 from .checkpoint import checkpoint_bytes
 from .console import progress
-from .data import MEAN, STD, SplitImages, batch_indices, cache_dir, cached_array, code_fingerprint, load_split, to_input
+from .data import MEAN, STD, SplitImages, batch_indices, cached_array, code_fingerprint, load_split, to_input
 from .errors import PipelineError
 from .labels import CLASSES, require_both_classes
 from .models import (
@@ -49,7 +50,8 @@ from .models import (
     seed_dropout,
     sync_batchnorm,
 )
-from .outputs import atomic_write, file_sha256, temporary_dir
+from .numerics import reproducible, signature, threads
+from .outputs import atomic_write, cache_dir, file_sha256, temporary_dir
 
 DIVERGED_LOSS = 10 * math.log(2)  # a best validation loss above 10x a coin flip's: the run diverged
 
@@ -67,14 +69,16 @@ def setup_device() -> torch.device:
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = not reproducible()  # autotuning picks kernels run to run
+        torch.backends.cudnn.deterministic = reproducible()
+        torch.use_deterministic_algorithms(reproducible(), warn_only=True)
     else:
         device = torch.device("cpu")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cpu":  # every core, shared between the processes on this node
+    if device.type == "cpu":  # reproducible mode: a fixed count (numerics.py); else every core on this node
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
+        torch.set_num_threads(threads() if reproducible() else max(1, (os.cpu_count() or 1) // per_node))
     return device
 
 
@@ -264,6 +268,15 @@ class ResumeFile:
         self.path.unlink(missing_ok=True)
 
 
+def kill_point(epoch: int) -> None:
+    """Fault injection for the resume tests: BRAIN_TUMOR_KILL_AFTER_EPOCH=k[:TERM] makes the run kill itself
+    (SIGKILL, or SIGTERM) right after epoch k's state is saved, as a machine going down at that moment would."""
+    spec = os.environ.get("BRAIN_TUMOR_KILL_AFTER_EPOCH", "")
+    at, _, name = spec.partition(":")
+    if at.isdigit() and int(at) == epoch:
+        os.kill(os.getpid(), signal.SIGTERM if name == "TERM" else signal.SIGKILL)
+
+
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """lr from its value down to 0 along half a cosine over the run (stateless but for the step count)."""
     return torch.optim.lr_scheduler.LambdaLR(
@@ -354,6 +367,7 @@ def fit(
                         "generators": {name: g.get_state() for name, g in generators.items()},
                     }
                 )
+            kill_point(epoch)
     if state.best["val_loss"] > DIVERGED_LOSS:
         raise PipelineError(
             f"training diverged: the best validation loss is {state.best['val_loss']:.4g} (guessing scores "
@@ -387,7 +401,7 @@ def prefix_views(
     code = code_fingerprint(prefix_views, to_input, TransferNet, autocast)
     key = hashlib.sha256(
         f"{split.key} {WEIGHTS_SHA256} {split.images.shape} {MEAN} {STD} {model.n_frozen} {shape} {views} {amp} "
-        f"{device.type} {code}".encode()
+        f"{device.type} {signature()} {code}".encode()
     )
 
     def fill(out: np.ndarray) -> None:
@@ -428,7 +442,7 @@ def run_fingerprint(cfg: dict, manifest_sha256: str, cached: bool, device: torch
     """What a resumed run must share with the killed one: params, split, fast path, code, library versions."""
     code = code_fingerprint(sys.modules[__name__], models_module, data_module)
     _, size = world()
-    text = json.dumps([cfg, manifest_sha256, cached, code, device.type, size], sort_keys=True)
+    text = json.dumps([cfg, manifest_sha256, cached, code, device.type, size, signature()], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -1,9 +1,18 @@
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import pytest
-from conftest import scan, truncated_jpeg
+from conftest import save, scan, truncated_jpeg
 from PIL import Image
 
-from brain_tumor.images import RejectedFile, load_rgb, perceptual_hash, pixel_sha256
+from brain_tumor.images import RejectedFile, load_rgb, perceptual_hash, pixel_sha256, reject_blank
 
 MAX = 10**6
 
@@ -80,3 +89,55 @@ def test_pixel_hash_ignores_encoding_and_perceptual_hash_survives_resizing(tmp_p
     near = bin(perceptual_hash(a) ^ perceptual_hash(resized)).count("1")
     far = bin(perceptual_hash(a) ^ perceptual_hash(scan(5, 64))).count("1")
     assert near <= 4 < far
+
+
+def test_a_black_scan_with_a_hot_pixel_is_blank_and_a_small_region_of_anatomy_is_not():
+    black = np.zeros((64, 64, 3), dtype=np.uint8)
+    black[10, 10] = 255
+    with pytest.raises(RejectedFile, match="blank_image"):
+        reject_blank(black)
+    black[20:40, 20:40] = 90  # 10% of the frame
+    reject_blank(black)
+
+
+NOBODY = 65534
+
+
+@contextlib.contextmanager
+def public_folder() -> Iterator[Path]:
+    """A folder that every user can enter (pytest's tmp_path is private to its owner), removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="brain-tumor-test-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
+@pytest.fixture
+def public_tmp() -> Iterator[Path]:
+    with public_folder() as folder:
+        yield folder
+
+
+def python_as_nobody(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
+    """This Python with `args`, as user nobody when we are root (root reads any file), else as ourselves;
+    the test is skipped where that is impossible."""
+    prefix = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root, and no setpriv to drop to an unprivileged user")
+        prefix = ["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups"]
+    probe = subprocess.run([*prefix, sys.executable, "-c", "import brain_tumor.cli"], cwd=cwd, capture_output=True)
+    if probe.returncode:
+        pytest.skip(f"user {NOBODY} cannot run this project's Python: {probe.stderr.decode()[-300:]}")
+    return subprocess.run([*prefix, sys.executable, *args], cwd=cwd, capture_output=True, text=True, **kw)
+
+
+def test_a_file_we_may_not_read_is_unreadable_not_corrupt(public_tmp):
+    path = save(public_tmp / "scan.png", scan(1))
+    path.chmod(0)
+    code = "import sys\nfrom brain_tumor.images import RejectedFile, load_rgb\ntry: load_rgb(sys.argv[1], 10**6)\n"
+    code += "except RejectedFile as err: print(err.reason, err.detail)"
+    result = python_as_nobody(["-c", code, str(path)], public_tmp)
+    assert result.stdout.strip() == "unreadable Permission denied", result.stderr[-2000:]

@@ -180,3 +180,63 @@ def test_unusable_datasets_fail_with_one_line(tmp_path, make, message):
         run_ingest(tmp_path / "raw", tmp_path / "out")
     assert "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def labelled(items) -> dict[str, object]:
+    """source -> label (or reason) of each item."""
+    return {item.source: item.reason or item.label for item in items}
+
+
+def label_csv(path: Path, rows: list[tuple[str, object]], encoding: str = "utf-8") -> None:
+    with open(path, "w", newline="", encoding=encoding) as f:
+        csv.writer(f).writerows([("Image", "Class"), *rows])
+
+
+def test_several_label_tables_are_read_as_one_when_they_agree(tmp_path):
+    for i in range(1, 5):
+        save(tmp_path / "images" / f"Image{i}.png", scan(i))
+    label_csv(tmp_path / "a.csv", [("Image1", 1), ("Image2", 0)])
+    label_csv(tmp_path / "b.csv", [("Image2", 0), ("Image3", 1), ("Image4", 0)])  # Image2 again, same class
+    items, _ = ingest.list_items(tmp_path, LABELS)
+    assert labelled(items) == {"images/Image1.png": 1, "images/Image2.png": 0, "images/Image3.png": 1,
+                               "images/Image4.png": 0}  # fmt: skip
+
+
+def test_label_tables_that_disagree_are_one_error_naming_both_and_the_image(tmp_path):
+    save(tmp_path / "images" / "Image1.png", scan(1))
+    label_csv(tmp_path / "a.csv", [("Image1", 1)])
+    (tmp_path / "extra").mkdir()
+    label_csv(tmp_path / "extra" / "b.csv", [("image1.png", 0)])
+    with pytest.raises(PipelineError) as err:
+        ingest.list_items(tmp_path, LABELS, "data/raw/src")
+    assert str(err.value) == (
+        "data/raw/src/a.csv and data/raw/src/extra/b.csv give different classes for 'image1.png' "
+        "('1' on row 2, '0' on row 2); correct one of them"
+    )
+
+
+def test_windows_1252_csv_and_decomposed_file_names_match(tmp_path):
+    """Excel on Windows writes an en dash as 0x96 (a control character in Latin-1); macOS zips store é as e + ◌́."""
+    save(tmp_path / "images" / "scan – 1.png", scan(1))
+    save(tmp_path / "images" / "scan e\u0301te\u0301.png", scan(2))  # NFD on disk
+    label_csv(tmp_path / "labels.csv", [("scan – 1", 1), ("scan \u00e9t\u00e9", 0)], encoding="cp1252")  # NFC
+    assert (tmp_path / "labels.csv").read_bytes().count(b"\x96") == 1
+    items, _ = ingest.list_items(tmp_path, LABELS)
+    assert labelled(items) == {"images/scan – 1.png": 1, "images/scan e\u0301te\u0301.png": 0}
+
+
+def test_backslash_zip_entries_become_folders_and_still_cannot_escape(tmp_path):
+    archive = tmp_path / "windows.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("yes\\scan.png", b"x")
+        zf.writestr("data\\no\\", b"")  # a folder entry
+        zf.writestr("..\\..\\escape.png", b"x")
+        zf.writestr("C:\\escape.png", b"x")
+    refused = sources.safe_extract(archive, tmp_path / "out", 10**6)
+    assert [(r.source, r.reason) for r in refused] == [
+        ("../../escape.png", "unsafe_zip_entry"),
+        ("C:/escape.png", "unsafe_zip_entry"),
+    ]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "out", "out/yes", "out/yes/scan.png", "windows.zip"
+    ]  # fmt: skip

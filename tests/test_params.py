@@ -134,3 +134,44 @@ def test_unreadable_params_file_is_one_line(tmp_path, text, message):
     with pytest.raises(PipelineError) as err:
         load_params(tmp_path / "params.yaml")
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def alias_bomb() -> str:
+    """Nine levels of ten aliases (lines 1 to 10): 10**9 values once expanded, a few hundred bytes as text."""
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]" for a, b in zip("abcdefghi", "bcdefghij")]
+    return "\n".join(levels) + "\n"
+
+
+def test_alias_bomb_and_recursive_alias_are_refused_before_anything_is_built(tmp_path):
+    """Refused from the node graph, without expanding it."""
+    (tmp_path / "params.yaml").write_text(alias_bomb())
+    with pytest.raises(PipelineError, match=r"params.yaml: line 5: aliases expand to more than 100000 values"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("a: &a [1, *a]\n")
+    with pytest.raises(PipelineError, match=r"params.yaml: line 1: an alias refers to its own anchor"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_duplicate_key_names_the_key_and_both_lines(tmp_path):
+    text = (PROJECT / "params.yaml").read_text().replace("  epochs: 20\n", "  epochs: 20\n  epochs: 30\n", 1)
+    (tmp_path / "params.yaml").write_text(text)
+    line = text.splitlines().index("  epochs: 30") + 1
+    with pytest.raises(PipelineError) as err:
+        load_params(tmp_path / "params.yaml")
+    assert (
+        str(err.value) == f"{tmp_path / 'params.yaml'}: line {line}: duplicate key 'epochs' (first on line {line - 1})"
+    )
+
+
+def test_small_anchors_aliases_and_merge_keys_still_load(tmp_path):
+    """A shared training block (`<<: *train`) with keys given beside it: they override, not duplicate."""
+    text = (PROJECT / "params.yaml").read_text()
+    text = text.replace("train_scratch:\n", "train_scratch: &train\n").replace("seed: 42", "seed: &seed 42", 1)
+    text = text.replace("split:\n  seed: 42", "split:\n  seed: *seed")
+    transfer = "train_transfer:\n  <<: *train\n  head: linear\n  unfreeze_last: 0\n  precision: fp32\n"
+    text = text[: text.index("train_transfer:")] + transfer + text[text.index("\nevaluate:") :]
+    (tmp_path / "params.yaml").write_text(text)
+    params = load_params(tmp_path / "params.yaml")
+    assert params["train_transfer"] == PARAMS["train_transfer"] | {"image_size": 224}
+    assert params["split"]["seed"] == PARAMS["data"]["synthetic"]["seed"]

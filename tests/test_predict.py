@@ -15,7 +15,7 @@ from brain_tumor import explain, ingest, split, train
 from brain_tumor.cli import main
 from brain_tumor.data import load_split
 from brain_tumor.evaluate import predict as evaluate_predict
-from brain_tumor.inference import model_input
+from brain_tumor.inference import model_input, write_threshold
 from brain_tumor.outputs import file_sha256
 from brain_tumor.predict import COLUMNS, load_model
 
@@ -38,7 +38,8 @@ def build_tiny_models(base: Path, params: dict) -> Path:
         train.train_model(kind, params, base / "split", base / "models" / f"{kind}.pt", base / "live" / kind)
     point = {"threshold": TRANSFER_THRESHOLD, "target_sensitivity": 0.95}
     point |= {"validation_sensitivity": 1.0, "validation_specificity": 0.5}
-    (base / "models" / "transfer.threshold.json").write_text(json.dumps(point))
+    transfer = base / "models" / "transfer.pt"
+    write_threshold(transfer, point, file_sha256(transfer))
     return base
 
 

@@ -157,3 +157,64 @@ def test_sync_batchnorm_and_dropout_give_the_single_process_gradients(tmp_path):
     assert saved["one"].keys() == saved["ddp"].keys()
     for name, value in saved["one"].items():
         torch.testing.assert_close(saved["ddp"][name].double(), value.double(), rtol=1e-10, atol=1e-12, msg=name)
+
+
+def run_stage_script(work: Path, stage: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(PROJECT / "stages" / f"{stage}.py")],
+        cwd=work,
+        env=venv_env() | env,
+        capture_output=True,
+        text=True,
+        timeout=600,  # far above the few seconds this takes: a hang fails, a slow machine does not
+    )
+
+
+def workspace(root: Path, split_dir: Path, params: dict) -> Path:
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "split").symlink_to(split_dir)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name", ["KILL", "TERM"])
+def test_killed_training_resumes_to_the_uninterrupted_result(split_dir, tiny_params, tmp_path, signal_name):
+    """Killed right after epoch 2 of 3 (SIGKILL or SIGTERM), the stage run again resumes from its saved state
+    and ends byte-identical to an uninterrupted run: the model and every DVCLive file."""
+    changes = {"epochs": 3, "unfreeze_last": 1, "augment": True, "lr_schedule": "cosine", "label_smoothing": 0.1}
+    params = tiny_params | {"train_transfer": tiny_params["train_transfer"] | changes}
+    whole = workspace(tmp_path / "whole", split_dir, params)
+    assert run_stage_script(whole, "train_transfer").returncode == 0
+    killed = workspace(tmp_path / "killed", split_dir, params)
+    first = run_stage_script(killed, "train_transfer", BRAIN_TUMOR_KILL_AFTER_EPOCH=f"2:{signal_name}")
+    assert first.returncode == (-9 if signal_name == "KILL" else 143), first.stderr
+    assert "Traceback" not in first.stderr
+    assert not (killed / "models" / "transfer.pt").exists()  # nothing that looks finished
+    assert not (killed / "metrics" / "train_transfer").exists()
+    assert (killed / "models" / "transfer.resume.pt").is_file()  # the state to resume from
+    again = run_stage_script(killed, "train_transfer")
+    assert again.returncode == 0, again.stderr
+    assert "resuming after epoch 2/3" in again.stdout
+    assert "transfer epoch  3/3" in again.stdout and again.stdout.count("logged again") == 2
+    assert (killed / "models" / "transfer.pt").read_bytes() == (whole / "models" / "transfer.pt").read_bytes()
+    assert tree_bytes(killed / "metrics" / "train_transfer") == tree_bytes(whole / "metrics" / "train_transfer")
+    assert not (killed / "models" / "transfer.resume.pt").exists()  # a finished run removes its state
+    leftovers = [p.name for p in (killed / "metrics").iterdir() if p.name.startswith(".tmp-")]
+    assert leftovers == []
+
+
+@pytest.mark.slow
+def test_resume_state_of_other_params_is_not_used(split_dir, tiny_params, tmp_path):
+    params = tiny_params | {"train_transfer": tiny_params["train_transfer"] | {"epochs": 3}}
+    work = workspace(tmp_path / "w", split_dir, params)
+    run_stage_script(work, "train_transfer", BRAIN_TUMOR_KILL_AFTER_EPOCH="1")
+    changed = params | {"train_transfer": params["train_transfer"] | {"lr": 0.001}}
+    (work / "params.yaml").write_text(yaml.safe_dump(changed))
+    again = run_stage_script(work, "train_transfer")
+    assert again.returncode == 0 and "resuming" not in again.stdout
+    assert "from another run" in again.stdout

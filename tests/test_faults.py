@@ -1,0 +1,380 @@
+"""Trust nothing between stages: one test per kind of fault, through the real stage scripts and `brain-tumor`.
+
+A bad input ends in exactly one `error: ` line naming the file or parameter (non-zero exit, no traceback) and
+leaves the folder it ran in as it was (outputs unchanged, no temporaries) and its $TMPDIR empty; a bad file
+among good ones is a reject with its reason, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import signal
+import subprocess
+import sys
+import unicodedata
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+import pytest
+from conftest import save, scan, venv_env
+from onnx import TensorProto, helper
+from PIL import Image
+from test_hardening import Workspace, assert_one_error, class_folders, kaggle, model_record
+from test_images import public_folder, python_as_nobody
+from test_params import alias_bomb
+
+from brain_tumor.checkpoint import save_checkpoint
+from brain_tumor.models import ScratchCNN
+from brain_tumor.predict import Limits, limits_from_params
+
+BRAIN_TUMOR = str(Path(sys.executable).parent / "brain-tumor")  # the console script, as a user runs it
+SOURCE_SHA256 = "ab" * 32  # the trained .pt file the tiny ONNX files say they were exported from
+
+
+@pytest.fixture
+def ws(tmp_path, tiny_params) -> Workspace:
+    return Workspace(tmp_path / "repo", tiny_params)
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every file (with its sha256) and folder below `root`: what a failed run must leave as it found it."""
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def assert_failed_cleanly(ws: Workspace, result: subprocess.CompletedProcess, before: dict, *needles: str) -> str:
+    line = assert_one_error(result, *needles)
+    assert tree(ws.root) == before and not list(ws.tmpdir.iterdir())
+    return line
+
+
+def predict(ws: Workspace, *args: str, model: str = "models/transfer.onnx") -> subprocess.CompletedProcess:
+    """`brain-tumor predict ARGS --model MODEL` in the workspace, with its own $TMPDIR."""
+    env = venv_env() | {"TMPDIR": str(ws.tmpdir)}
+    cmd = [BRAIN_TUMOR, "predict", *args, "--model", model]
+    return subprocess.run(cmd, cwd=ws.root, env=env, capture_output=True, text=True, timeout=120)
+
+
+def tiny_onnx(path: Path, shape: tuple = ("batch", 3, 32, 32), output: str = "p_tumor", **meta) -> Path:
+    """An ONNX file with the metadata export writes (`meta` overrides a key; None removes it), whose graph is
+    P(tumor) = sigmoid(mean of the input): no torch needed."""
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, list(shape))
+    p_tumor = helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch"])
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["mean"], axes=list(range(1, len(shape))), keepdims=0),
+        helper.make_node("Sigmoid", ["mean"], [output]),
+    ]
+    graph = helper.make_graph(nodes, "tiny", [image], [p_tumor])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    props = {"image_size": "32", "mean": "[0.5, 0.5, 0.5]", "std": "[0.5, 0.5, 0.5]", "threshold": "0.4"}
+    props |= {"threshold_source": "transfer.threshold.json", "source_model_sha256": SOURCE_SHA256}
+    helper.set_model_props(model, {k: v for k, v in (props | meta).items() if v is not None})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def tiny_pt(path: Path, kind: str = "scratch") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({"state_dict": ScratchCNN(32).state_dict(), "meta": model_record(kind, 32)}, path)
+    return path
+
+
+@pytest.fixture
+def scans(ws: Workspace) -> Workspace:
+    """The workspace with models/transfer.onnx, three scans and a predictions.csv from an earlier run."""
+    tiny_onnx(ws.root / "models" / "transfer.onnx")
+    for i in range(3):
+        save(ws.root / "scans" / f"s{i}.png", scan(i))
+    (ws.root / "predictions.csv").write_text("path,p_tumor\nearlier,0.5\n")
+    return ws
+
+
+# ---------------------------------------------------------------- params.yaml
+
+
+@pytest.mark.parametrize(
+    "edit,needles",
+    [
+        (lambda text: text, []),  # the control: the same file, readable
+        (
+            lambda text: text.replace("  epochs: 2\n", "  epochs: 2\n  epochs: 3\n", 1),
+            ["params.yaml: line ", ": duplicate key 'epochs' (first on line "],
+        ),
+        (lambda text: alias_bomb() + text, ["params.yaml: line 5: aliases expand to more than 100000 values"]),
+    ],
+    ids=["readable", "duplicate-key", "alias-bomb"],
+)
+def test_params_yaml_a_stage_cannot_trust_is_one_line(ws, edit, needles):
+    class_folders(ws.source("src"))
+    params = ws.root / "params.yaml"
+    params.write_text(edit(params.read_text()))
+    before = tree(ws.root)
+    result = ws.run("ingest")
+    if not needles:
+        assert result.returncode == 0, result.stderr[-3000:]
+    else:
+        assert_failed_cleanly(ws, result, before, *needles)
+
+
+# ---------------------------------------------------------------- image rules
+
+
+def test_a_black_scan_with_a_hot_pixel_is_rejected_as_blank_by_ingest(ws):
+    root = ws.source("src")
+    n = class_folders(root)
+    black = scan(0) * 0
+    black[5, 5] = 255
+    save(root / "yes" / "black.png", black)
+    result = ws.run("ingest")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ws.rejected() == {"yes/black.png": "blank_image"} and ws.report()["files_seen"] == n + 1
+    assert not ws.leftovers()
+
+
+@pytest.fixture
+def public_scans() -> Iterator[Path]:
+    """A model, scans/s0.png and s1.png (s1 readable by its owner only) and writable out/ and tmp/, in a
+    folder that all users may enter but only its owner may write."""
+    with public_folder() as root:
+        tiny_onnx(root / "model.onnx")
+        for i in range(2):
+            save(root / "scans" / f"s{i}.png", scan(i))
+        (root / "scans" / "s1.png").chmod(0o600)
+        for folder in ("out", "tmp"):
+            (root / folder).mkdir()
+            (root / folder).chmod(0o777)
+        yield root
+
+
+def predict_as_nobody(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    env = venv_env() | {"TMPDIR": str(folder / "tmp")}
+    return python_as_nobody([BRAIN_TUMOR, "predict", "scans", "--model", "model.onnx", *args], folder, env=env)
+
+
+def test_a_scan_predict_may_not_read_is_unreadable_not_corrupt(public_scans):
+    """As an unprivileged user (root reads anything): the file is reported as what it is, not as damaged."""
+    result = predict_as_nobody(public_scans, "--out", "out/p.csv")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(public_scans / "out" / "p.csv") as f:
+        reasons = {row["path"]: row["reason"] for row in csv.DictReader(f)}
+    assert reasons == {"scans/s0.png": "", "scans/s1.png": "unreadable"}
+    assert not list((public_scans / "tmp").iterdir())
+
+
+def test_an_out_file_we_may_not_write_is_one_line(public_scans):
+    before = tree(public_scans)
+    result = predict_as_nobody(public_scans, "--out", "p.csv")
+    assert assert_one_error(result) == "error: --out p.csv: permission denied"
+    assert tree(public_scans) == before
+
+
+# ---------------------------------------------------------------- label tables
+
+
+def test_label_tables_that_disagree_stop_ingest_naming_both_and_the_image(ws):
+    root = ws.source("src")
+    kaggle(root)  # Brain Tumor.csv: Image3 is class 1
+    (root / "extra.csv").write_text("Image,Class\nImage4,0\nImage3,0\n")
+    before = tree(ws.root)
+    assert_failed_cleanly(
+        ws,
+        ws.run("ingest"),
+        before,
+        "data/raw/src/Brain Tumor.csv and data/raw/src/extra.csv give different classes for 'Image3' "
+        "('1' on row 4, '0' on row 3)",
+    )
+
+
+def test_a_windows_zip_with_two_tables_in_cp1252_and_decomposed_names_is_read_whole(ws):
+    """Backslash separators, names stored decomposed (NFD), one table in Windows-1252, one in UTF-8 that
+    repeats an image with the same class: every image is accepted with its label."""
+    names = [f"scan {i} – {'été' if i % 2 else 'hiver'}" for i in range(12)]  # an en dash: 0x96 in cp1252
+    archive = ws.source("windows.zip")
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i, name in enumerate(names):
+            zf.writestr(f"Brain Tumor\\images\\{unicodedata.normalize('NFD', name)}.png", png_bytes(scan(i)))
+        zf.writestr("Brain Tumor\\labels.csv", table(names[:7], "cp1252"))
+        zf.writestr("Brain Tumor\\more labels.csv", table(names[6:], "utf-8"))
+    result = ws.run("ingest")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ws.report()["accepted"] == 12 and ws.report()["rejected"] == 0 and not ws.leftovers()
+
+
+def png_bytes(rgb) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def table(names: list[str], encoding: str) -> bytes:
+    """An Image,Class table (class: the scan's number is odd) for `names`, in `encoding`."""
+    rows = [f"{name},{int(name.split()[1]) % 2}" for name in names]
+    return "\r\n".join(["Image,Class", *rows, ""]).encode(encoding)
+
+
+# ---------------------------------------------------------------- brain-tumor predict
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "model:\n  layers: 3\n",
+        "data: {max_image_pixels: lots, max_archive_mb: -1}\n",
+        "data: [1, 2]\n",
+        "data: {max_image_pixels: 1}\ndata: {max_image_pixels: 1}\n",
+        "train: [\n",
+    ],
+    ids=["other-schema", "bad-values", "data-not-a-mapping", "duplicate-key", "not-yaml"],
+)
+def test_predict_runs_where_params_yaml_belongs_to_another_project(scans, text):
+    (scans.root / "params.yaml").write_text(text)
+    assert limits_from_params(scans.root / "params.yaml") == Limits()
+    result = predict(scans, "scans")
+    assert result.returncode == 0 and "error" not in result.stderr, result.stderr[-3000:]
+    assert "predicted 3 of 3 files" in result.stderr and not list(scans.tmpdir.iterdir())
+
+
+def test_predict_uses_a_valid_limit_from_a_foreign_params_yaml(scans):
+    (scans.root / "params.yaml").write_text("data:\n  max_image_pixels: 100\n  source: elsewhere\n")
+    before = tree(scans.root)
+    result = predict(scans, "scans", "--out", "predictions.csv")
+    assert_failed_cleanly(scans, result, before, "no file could be predicted (decompression_bomb 3)")
+
+
+HOLD = """import sys, time
+import brain_tumor.predict
+
+def held(path, max_pixels):  # stands still at the first image, once the archive is extracted
+    print("decoding", flush=True)
+    time.sleep(600)
+
+brain_tumor.predict.decode_scan = held
+from brain_tumor.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(
+    "sig,status,name", [(signal.SIGINT, 130, "interrupt"), (signal.SIGTERM, 143, "SIGTERM")], ids=["SIGINT", "SIGTERM"]
+)
+def test_a_stopped_predict_leaves_no_extracted_archive(scans, sig, status, name):
+    with zipfile.ZipFile(scans.root / "scans.zip", "w") as zf:
+        for f in sorted((scans.root / "scans").iterdir()):
+            zf.write(f, f"batch/{f.name}")
+    before = tree(scans.root)
+    env = venv_env() | {"TMPDIR": str(scans.tmpdir)}
+    cmd = [sys.executable, "-c", HOLD, "predict", "scans.zip", "--model", "models/transfer.onnx", "--out", "p.csv"]
+    proc = subprocess.Popen(cmd, cwd=scans.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "decoding\n"
+        assert len(list(scans.tmpdir.glob("predict-*/batch/*.png"))) == 3  # mid-run: the archive is extracted
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == status
+    assert_failed_cleanly(scans, subprocess.CompletedProcess(cmd, status, stdout, stderr), before, name)
+    assert len(stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--out", "results.csv"], "error: --out results.csv: is a folder"),
+        (["--out", "predictions.csv/p.csv"], "error: --out predictions.csv/p.csv: predictions.csv is not a folder"),
+        (["--out", "predictions.csv/a/p.json"], "error: --out predictions.csv/a/p.json: predictions.csv is not a"),
+    ],
+    ids=["out-is-a-folder", "out-below-a-file", "out-two-below-a-file"],
+)
+def test_an_output_path_that_cannot_be_written_is_one_line(scans, args, message):
+    (scans.root / "results.csv").mkdir()
+    before = tree(scans.root)
+    result = predict(scans, "scans", *args)
+    assert assert_failed_cleanly(scans, result, before).startswith(message)
+
+
+@pytest.mark.slow  # imports torch in the subprocess
+def test_an_explain_path_that_is_a_file_is_one_line_before_any_work(scans):
+    tiny_pt(scans.root / "models" / "scratch.pt")
+    before = tree(scans.root)
+    result = predict(scans, "scans", "--explain", "predictions.csv", model="scratch")
+    assert assert_failed_cleanly(scans, result, before) == "error: --explain predictions.csv: not a folder"
+
+
+def threshold_point(**change) -> dict:
+    point = {"threshold": 0.3, "target_sensitivity": 0.95, "validation_sensitivity": 1.0}
+    point |= {"validation_specificity": 0.5, "model_sha256": SOURCE_SHA256}
+    return {k: v for k, v in (point | change).items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    "content,problem",
+    [
+        (json.dumps(threshold_point()), ""),  # the control: used, with its source named
+        ("{not json", "not a threshold file (Expecting property name"),
+        (json.dumps(threshold_point(validation_specificity=None)), "not a threshold file (missing validation_spec"),
+        (json.dumps(threshold_point(threshold=float("nan"))), "threshold nan is not a number between 0 and 1"),
+        (json.dumps(threshold_point(threshold=1.5)), "threshold 1.5 is not a number between 0 and 1"),
+        (json.dumps(threshold_point(model_sha256="cd" * 32)), "chosen for another model file (sha256 cdcdcd"),
+    ],
+    ids=["valid", "garbage", "missing-key", "nan", "out-of-range", "other-model"],
+)
+def test_a_threshold_file_predict_cannot_trust_is_one_line(scans, content, problem):
+    (scans.root / "models" / "transfer.threshold.json").write_text(content)
+    before = tree(scans.root)
+    result = predict(scans, "scans", "--out", "predictions.csv")
+    if not problem:
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "at threshold 0.3 (models/transfer.threshold.json)" in result.stderr
+    else:
+        assert_failed_cleanly(scans, result, before, f"error: models/transfer.threshold.json: {problem}")
+
+
+@pytest.mark.slow  # imports torch in the subprocess
+def test_a_named_model_file_holding_the_other_kind_is_one_line(scans):
+    tiny_pt(scans.root / "models" / "transfer.pt", kind="scratch")
+    before = tree(scans.root)
+    result = predict(scans, "scans", "--out", "predictions.csv", model="transfer")
+    assert_failed_cleanly(scans, result, before, "models/transfer.pt: holds the scratch model, expected the transfer")
+
+
+# ---------------------------------------------------------------- ONNX metadata against its graph
+
+
+INPUT = "the graph's input (image tensor(float)"
+ONNX_FAULTS = {  # id: (tiny_onnx's changes, the problem named)
+    "valid": ({}, ""),
+    "bad-json": ({"mean": "[0.5, 0.5"}, "ONNX metadata mean '[0.5, 0.5' is not a JSON list of 3 numbers"),
+    "not-numbers": ({"mean": '[0.5, 0.5, "x"]'}, "ONNX metadata mean '[0.5, 0.5, \"x\"]' is not a JSON list of 3"),
+    "zero-std": ({"std": "[0.5, 0, 0.5]"}, "ONNX metadata std '[0.5, 0, 0.5]' is not a JSON list of 3 positive"),
+    "missing": ({"std": None, "image_size": None}, "ONNX metadata lacks image_size, std"),
+    "threshold-text": ({"threshold": "high"}, "ONNX metadata threshold 'high' is not a number between 0 and 1"),
+    "threshold-nan": ({"threshold": "nan"}, "ONNX metadata threshold 'nan' is not a number between 0 and 1"),
+    "threshold-range": ({"threshold": "1.5"}, "ONNX metadata threshold '1.5' is not a number between 0 and 1"),
+    "size-vs-graph": ({"image_size": "64"}, f"{INPUT} ['batch', 3, 32, 32]) is not float32 [batch, 3, 64, 64]"),
+    "one-channel": ({"shape": ("batch", 1, 32, 32)}, f"{INPUT} ['batch', 1, 32, 32]) is not float32"),
+    "rank-3": ({"shape": ("batch", 3, 32)}, f"{INPUT} ['batch', 3, 32]) is not float32"),
+    "output-name": ({"output": "prob"}, "the graph has no output p_tumor of shape [batch] (outputs: prob ['batch'])"),
+}
+
+
+@pytest.mark.parametrize("make,problem", list(ONNX_FAULTS.values()), ids=list(ONNX_FAULTS))
+def test_an_onnx_file_whose_metadata_cannot_be_trusted_is_one_line(scans, make, problem):
+    tiny_onnx(scans.root / "models" / "transfer.onnx", **make)
+    before = tree(scans.root)
+    result = predict(scans, "scans", "--out", "predictions.csv")
+    if not problem:
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "at threshold 0.4 (transfer.onnx metadata)" in result.stderr
+    else:
+        line = assert_failed_cleanly(scans, result, before, f"error: models/transfer.onnx: {problem}")
+        assert line.endswith("re-export it (python -m stages.export)")
