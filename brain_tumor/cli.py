@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from .errors import PipelineError
-from .stage import exit_status, handle_signals
+from .stage import exit_status, handle_signals, keep_torch_cache_in
 
 
 def weights_command(args: argparse.Namespace) -> None:
@@ -90,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     handle_signals()
     try:
-        return exit_status(lambda: args.handler(args))
+        with tempfile.TemporaryDirectory(prefix="brain-tumor-") as scratch:  # torch's compile cache: gone after
+            keep_torch_cache_in(Path(scratch))
+            return exit_status(lambda: args.handler(args))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -9,38 +9,53 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import (
-    accuracy_score,
-    confusion_matrix,
-    precision_recall_fscore_support,
-    roc_auc_score,
-    roc_curve,
-)
+from sklearn.metrics import roc_auc_score, roc_curve
 
+from .calibration import calibration_report
 from .checkpoint import load_trained
 from .console import progress
+from .contracts import read_split_manifest
 from .data import batch_indices, load_split, to_input
 from .errors import PipelineError
-from .explain import gallery
+from .explain import gallery, gallery_indices
 from .inference import write_threshold
 from .labels import CLASSES
+from .model_card import CardInputs, ModelFile, write_model_card
 from .outputs import file_sha256, write_json, write_table
 
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
+SUBGROUPS = ("subtype", "source_folder")  # manifest columns: the class folder, the source path's first folder
+SUBGROUP_COLUMNS = ["model", "grouping", "group", "threshold_name", "n", "errors", "accuracy", "ci_lower", "ci_upper"]
+REPORT_COLUMNS = (*SUBGROUPS, "source", "train_similarity", "group")
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def confusion_counts(y: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(tp, fp, fn, tn) along the last axis of 0/1 label and prediction arrays (one row per resample)."""
+    y, pred = y.astype(bool), pred.astype(bool)
+    return (y & pred).sum(-1), (~y & pred).sum(-1), (y & ~pred).sum(-1), (~y & ~pred).sum(-1)
+
+
+def rates(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray) -> dict[str, np.ndarray]:
+    """The count-based metrics, elementwise; a ratio with a zero denominator is 0 (as sklearn's zero_division=0)."""
+
+    def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+        return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+    return {
+        "accuracy": ratio(tp + tn, tp + fp + fn + tn),
+        "precision": ratio(tp, tp + fp),
+        "recall": ratio(tp, tp + fn),
+        "specificity": ratio(tn, tn + fp),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+    }
 
 
 def binary_metrics(y: np.ndarray, pred: np.ndarray, score: np.ndarray) -> dict[str, float]:
     """Tumor (1) is the positive class. A ratio with a zero denominator is 0; ROC AUC is nan with one class."""
-    precision, recall, f1, _ = precision_recall_fscore_support(y, pred, labels=[1], average=None, zero_division=0.0)
-    tn, fp, _, _ = confusion_matrix(y, pred, labels=[0, 1]).ravel()
-    return {
-        "accuracy": float(accuracy_score(y, pred)),
-        "precision": float(precision[0]),
-        "recall": float(recall[0]),
-        "specificity": float(tn / (tn + fp)) if tn + fp else 0.0,
-        "f1": float(f1[0]),
-        "roc_auc": roc_auc(y, score),
-    }
+    counts = rates(*confusion_counts(np.asarray(y), np.asarray(pred)))
+    return {m: float(v) for m, v in counts.items()} | {"roc_auc": roc_auc(y, score)}
 
 
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
@@ -50,13 +65,30 @@ def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
     return float(roc_auc_score(y, score))
 
 
+def resampled_roc_auc(y: np.ndarray, score: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """ROC AUC of each resample `y[idx[r]], score[idx[r]]`, all at once, as the Mann-Whitney statistic: the share
+    of (tumor, non_tumor) pairs the score orders correctly, a tie counting half (sklearn's trapezoidal AUC is
+    the same number); nan for a resample with one class."""
+    ranks = np.unique(score, return_inverse=True)[1].reshape(-1)  # tied scores share a rank
+    k, samples = int(ranks.max()) + 1, len(idx)
+    cell = np.arange(samples)[:, None] * k + ranks[idx]  # (resample, rank) as one index
+    positive = y[idx] == 1
+    pos, neg = (np.bincount(cell[m], minlength=samples * k).reshape(samples, k) for m in (positive, ~positive))
+    below = np.cumsum(neg, axis=1) - neg  # negatives scored lower than each rank
+    wins = (pos * (below + 0.5 * neg)).sum(1)
+    pairs = pos.sum(1).astype(np.float64) * neg.sum(1)
+    return np.divide(wins, pairs, out=np.full(samples, np.nan), where=pairs > 0)
+
+
 def bootstrap_ci(
     y: np.ndarray, pred: np.ndarray, score: np.ndarray, samples: int, seed: int
 ) -> dict[str, tuple[float, float]]:
-    """Percentile 95% intervals from resampling the test set with replacement (nan where undefined)."""
-    rng = np.random.default_rng(seed)
-    resamples = (rng.integers(0, len(y), len(y)) for _ in range(samples))
-    draws = pd.DataFrame([binary_metrics(y[i], pred[i], score[i]) for i in resamples])
+    """Percentile 95% intervals from resampling the test set with replacement (nan where undefined).
+
+    All resamples at once: a (samples x n) index array, counts and ranks per row; no per-resample sklearn calls.
+    """
+    idx = np.random.default_rng(seed).integers(0, len(y), (samples, len(y)))
+    draws = rates(*confusion_counts(y[idx], pred[idx])) | {"roc_auc": resampled_roc_auc(y, score, idx)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-nan column: roc_auc with one class
         return {m: tuple(float(np.nanpercentile(draws[m], q)) for q in (2.5, 97.5)) for m in METRICS}
@@ -107,6 +139,25 @@ class TestPredictions:
     def predicted_at_threshold(self) -> np.ndarray:
         return (self.p_tumor >= self.threshold).astype(np.int64)
 
+    def by_threshold(self) -> dict[str, np.ndarray]:
+        """Predicted classes per threshold name (the keys of THRESHOLD_DIRS)."""
+        return {"0.5": self.predicted, "operating_point": self.predicted_at_threshold}
+
+
+THRESHOLD_DIRS = {"0.5": "test", "operating_point": "test_operating_point"}  # threshold name -> metrics folder
+
+
+@dataclass
+class ModelRun:
+    """What the reports need of one model: its file and record, its validation and test predictions."""
+
+    path: Path
+    meta: dict  # the model file's record (checkpoint.META_TYPES)
+    val_labels: np.ndarray
+    val_p_tumor: np.ndarray
+    operating_point: dict  # choose_threshold's result, as in models/<name>.threshold.json
+    test: TestPredictions
+
 
 def json_number(v: float) -> float | None:
     return None if np.isnan(v) else round(v, 4)  # JSON has no NaN (AUC with one class in the test split)
@@ -128,58 +179,176 @@ def summary_rows(per_model: dict[str, dict[str, float]], intervals: dict[str, di
     return rows
 
 
+def wilson_interval(successes: np.ndarray, n: np.ndarray, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of a proportion: inside [0, 1] and sensible for small groups and for 0 or n."""
+    p, n = np.asarray(successes, np.float64) / n, np.asarray(n, np.float64)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def subgroup_rows(model: str, rows: pd.DataFrame, outcome: TestPredictions) -> pd.DataFrame:
+    """Per subtype and per source folder (where the test split holds several): n, errors, accuracy, its 95%
+    Wilson interval, at each threshold. Within a tumour subtype accuracy is its sensitivity, within the
+    no-tumour subtype its specificity. `rows`: the test split's manifest rows, in the order of `outcome`."""
+    tables = []
+    for grouping in SUBGROUPS:
+        if rows[grouping].nunique() < 2:
+            continue
+        for threshold_name, predicted in outcome.by_threshold().items():
+            wrong = pd.DataFrame({"group": rows[grouping].to_numpy(), "wrong": predicted != outcome.labels})
+            stats = wrong.groupby("group")["wrong"].agg(n="size", errors="sum").reset_index()
+            low, high = wilson_interval(stats["n"] - stats["errors"], stats["n"])
+            tables.append(
+                stats.assign(
+                    model=model,
+                    grouping=grouping,
+                    threshold_name=threshold_name,
+                    accuracy=(1 - stats["errors"] / stats["n"]).round(4),
+                    ci_lower=low.round(4),
+                    ci_upper=high.round(4),
+                )
+            )
+    return pd.concat(tables, ignore_index=True)[SUBGROUP_COLUMNS] if tables else pd.DataFrame(columns=SUBGROUP_COLUMNS)
+
+
+def confident_mistakes(outcome: TestPredictions, rows: pd.DataFrame, count: int = 8) -> pd.DataFrame:
+    """The mistakes the Grad-CAM gallery leads with: wrong at the operating point, most confident first."""
+    wrong, _ = gallery_indices(outcome.labels, outcome.p_tumor, outcome.threshold, count, 0)
+    return pd.DataFrame(
+        {
+            "id": rows["id"].to_numpy()[wrong],
+            "true_class": np.array(CLASSES)[outcome.labels[wrong]],
+            "subtype": rows["subtype"].to_numpy()[wrong],
+            "p_tumor": outcome.p_tumor[wrong].astype(np.float64).round(4),
+        }
+    )
+
+
+def read_report_manifest(split_dir: Path) -> pd.DataFrame:
+    """The split manifest, checked for the columns the reports need (load_split reads the same rows)."""
+    manifest = read_split_manifest(split_dir)
+    if missing := [c for c in REPORT_COLUMNS if c not in manifest.columns]:
+        raise PipelineError(
+            f"{split_dir / 'split_manifest.csv'}: no column {', '.join(missing)} (an older split); run `dvc repro`"
+        )
+    return manifest
+
+
 def evaluate_models(
-    params: dict, split_dir: Path, model_paths: dict[str, Path], metrics_dir: Path, figures_dir: Path
-) -> dict:
-    """The evaluate stage: operating point on validation, then test metrics at 0.5 and at that point, with
-    bootstrap intervals; per-model tables for DVC plots; the validation summary; PNG figures."""
+    params: dict,
+    split_dir: Path,
+    model_paths: dict[str, Path],
+    metrics_dir: Path,
+    figures_dir: Path,
+    card_path: Path,
+) -> dict[str, dict[str, float | None]]:
+    """The evaluate stage: operating point on validation, then test predictions; reports (metrics with
+    bootstrap intervals at 0.5 and at that point, subgroups, calibration, the model card) and PNG figures.
+    Returns each model's test metrics at 0.5."""
     cfg = params["evaluate"]
-    outcomes: dict[str, TestPredictions] = {}
-    test_at = {"test": {}, "test_operating_point": {}}
-    intervals = {"test": {}, "test_operating_point": {}}
-    validation: dict[str, dict[str, float]] = {}
     manifest_sha256 = file_sha256(split_dir / "split_manifest.csv")
     trained = {  # all checked before any write: the right kind of model, trained on this very split
         name: load_trained(path, expect_kind=name, split_manifest_sha256=manifest_sha256)
         for name, path in model_paths.items()
     }
+    manifest = read_report_manifest(split_dir)
+    runs: dict[str, ModelRun] = {}
     for name, path in model_paths.items():
         model, meta = trained[name]
         val = load_split(split_dir, "val", meta["image_size"])
         test = load_split(split_dir, "test", meta["image_size"])
         if not len(test.labels) or not len(val.labels):
             raise PipelineError(f"{split_dir}: the val and test splits must both hold images")
-        operating_point = choose_threshold(
-            val.labels, predict(model, val.images, cfg["batch_size"]), cfg["target_sensitivity"]
-        )
+        p_val = predict(model, val.images, cfg["batch_size"])
+        operating_point = choose_threshold(val.labels, p_val, cfg["target_sensitivity"])
         write_threshold(path, operating_point, file_sha256(path))
         score = predict(model, test.images, cfg["batch_size"])
-        outcome = outcomes[name] = TestPredictions(test.labels, score, operating_point["threshold"], test.images)
-        for key, predicted in (("test", outcome.predicted), ("test_operating_point", outcome.predicted_at_threshold)):
-            test_at[key][name] = binary_metrics(outcome.labels, predicted, score)
-            intervals[key][name] = bootstrap_ci(outcome.labels, predicted, score, cfg["bootstrap_samples"], cfg["seed"])
-        validation[name] = {
-            "best_epoch": meta["epoch"],
-            "best_loss": meta["val_loss"],
-            "best_accuracy": meta.get("val_accuracy", float("nan")),
-            "threshold": operating_point["threshold"],
-        }
-        write_model_tables(name, outcome, test.ids, metrics_dir / "evaluate")
+        outcome = TestPredictions(test.labels, score, operating_point["threshold"], test.images)
+        runs[name] = ModelRun(path, meta, val.labels, p_val, operating_point, outcome)
         gallery(model, test.images, test.labels, score, outcome.threshold, figures_dir / f"gallery_{name}.png")
 
-    for key, per_model in test_at.items():
-        for metric, row in summary_rows(per_model, intervals[key]).items():
-            write_json(metrics_dir / key / f"{metric}.json", row)
-    for metric, row in summary_rows(validation).items():
-        write_json(metrics_dir / "validation" / f"{metric}.json", row)
+    metrics = write_reports(params, manifest, runs, metrics_dir, figures_dir, card_path)
+    write_figures({name: run.test for name, run in runs.items()}, cfg, figures_dir)
+    return {name: {metric: row[name] for metric, row in metrics["test"].items()} for name in runs}
 
-    from .figures import confusion_figure, operating_point_figure, prediction_grid
+
+def threshold_metrics(runs: dict[str, ModelRun], cfg: dict) -> dict[str, dict[str, dict]]:
+    """{metrics folder: {metric: row}}: both models at each threshold, with bootstrap intervals."""
+    point: dict[str, dict] = {folder: {} for folder in THRESHOLD_DIRS.values()}
+    intervals: dict[str, dict] = {folder: {} for folder in THRESHOLD_DIRS.values()}
+    samples, seed = cfg["bootstrap_samples"], cfg["seed"]
+    for name, run in runs.items():
+        o = run.test
+        for threshold_name, predicted in o.by_threshold().items():
+            folder = THRESHOLD_DIRS[threshold_name]
+            point[folder][name] = binary_metrics(o.labels, predicted, o.p_tumor)
+            intervals[folder][name] = bootstrap_ci(o.labels, predicted, o.p_tumor, samples, seed)
+    return {folder: summary_rows(point[folder], intervals[folder]) for folder in point}
+
+
+def write_reports(
+    params: dict,
+    manifest: pd.DataFrame,
+    runs: dict[str, ModelRun],
+    metrics_dir: Path,
+    figures_dir: Path,
+    card_path: Path,
+) -> dict[str, dict[str, dict]]:
+    """Everything but the figures, from predictions alone (no model needed): metrics/{test,
+    test_operating_point,validation}/*.json, metrics/evaluate/ tables, calibration.json and the model card.
+    The card is rendered from the very dicts written to the metric files, so the two cannot disagree."""
+    test_rows = manifest[manifest["split"] == "test"].reset_index(drop=True)
+    metrics = threshold_metrics(runs, params["evaluate"])
+    calibration = {}
+    for name, run in runs.items():
+        report = calibration_report(run.val_labels, run.val_p_tumor, run.test.labels, run.test.p_tumor)
+        calibration[name] = {key: json_number(value) for key, value in report.items()}
+    validation = {
+        name: {
+            "best_epoch": run.meta["epoch"],
+            "best_loss": run.meta["val_loss"],
+            "best_accuracy": run.meta.get("val_accuracy", float("nan")),
+            "threshold": run.test.threshold,
+        }
+        for name, run in runs.items()
+    }
+    metrics["validation"] = summary_rows(validation)
+    for folder, rows in metrics.items():
+        for metric, row in rows.items():
+            write_json(metrics_dir / folder / f"{metric}.json", row)
+    for name, run in runs.items():
+        write_model_tables(name, run.test, test_rows["id"].tolist(), metrics_dir / "evaluate")
+    subgroups = pd.concat([subgroup_rows(name, test_rows, run.test) for name, run in runs.items()], ignore_index=True)
+    write_table(metrics_dir / "evaluate" / "subgroups.csv", subgroups)
+    write_json(metrics_dir / "evaluate" / "calibration.json", calibration)
+    write_json(metrics_dir / "test" / "ece.json", {name: c["ece"] for name, c in calibration.items()})  # metrics diff
+    card = CardInputs(
+        source=params["data"]["source"],
+        evaluate=params["evaluate"],
+        manifest=manifest,
+        models={
+            name: ModelFile(run.path, run.meta, run.operating_point, metrics_dir / f"train_{name}" / "params.yaml")
+            for name, run in runs.items()
+        },
+        metrics=metrics,
+        subgroups=subgroups,
+        calibration=calibration,
+        mistakes={name: confident_mistakes(run.test, test_rows) for name, run in runs.items()},
+        figures_dir=figures_dir,
+    )
+    write_model_card(card_path, card)
+    return metrics
+
+
+def write_figures(outcomes: dict[str, TestPredictions], cfg: dict, figures_dir: Path) -> None:
+    from .figures import confusion_figure, operating_point_figure, prediction_grid, reliability_figure
 
     for name, outcome in outcomes.items():
         confusion_figure(outcome, name, figures_dir / f"confusion_{name}.png")
+        reliability_figure(outcome.labels, outcome.p_tumor, name, figures_dir / f"reliability_{name}.png")
     operating_point_figure(outcomes, figures_dir / "roc_pr.png")
     prediction_grid(outcomes, cfg["grid_images"], cfg["seed"], figures_dir / "test_predictions.png")
-    return test_at["test"]
 
 
 def write_model_tables(name: str, outcome: TestPredictions, ids: list[str], out_dir: Path) -> None:

@@ -1,4 +1,4 @@
-"""PNG figures of the evaluate stage: confusion matrices, ROC curves, prediction grids."""
+"""PNG figures of the evaluate stage: confusion matrices, ROC curves, prediction grids, reliability diagrams."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibration import BINS, expected_calibration_error, reliability_table
 from .labels import CLASSES
 from .plotting import plt, save_figure
 
@@ -71,4 +72,20 @@ def prediction_grid(outcomes: dict, n_images: int, seed: int, path: Path) -> Non
         wrong = any(o.predicted[i] != labels[i] for o in outcomes.values())
         guesses = ", ".join(f"{name}: {CLASSES[o.predicted[i]]}" for name, o in outcomes.items())
         ax.set_title(f"true: {CLASSES[labels[i]]}\n{guesses}", fontsize=8, color="red" if wrong else "black")
+    save_figure(fig, path)
+
+
+def reliability_figure(labels: np.ndarray, p_tumor: np.ndarray, name: str, path: Path) -> None:
+    """Observed tumour frequency against mean P(tumor) in each non-empty bin (calibration.py's bins), each
+    point labelled with its image count; on the diagonal a model's P(tumor) is the frequency it predicts."""
+    table = reliability_table(labels, p_tumor)
+    fig, ax = plt.subplots(figsize=(4.8, 4.6))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    ax.plot(table["mean_predicted"], table["observed"], "o-", label=name)
+    for row in table.itertuples():
+        ax.annotate(str(row.count), (row.mean_predicted, row.observed), xytext=(4, -10), textcoords="offset points")
+    ece = expected_calibration_error(labels, p_tumor)
+    ax.set(xlim=(0, 1), ylim=(-0.03, 1.03), xlabel="mean P(tumor) in bin", ylabel="observed tumour frequency")
+    ax.set_title(f"{name}, test: ECE {ece:.3f} ({BINS} bins of P(tumor); labels: images)", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
     save_figure(fig, path)

@@ -3,7 +3,7 @@
 Files are decoded by the ingest rules (`images.load_rgb`) and a file that cannot be used becomes a row
 with its reason, never a crash. A model file, its threshold file or an output path that cannot be used is
 one `error:` line naming it. This module imports no torch: the ONNX path runs on onnxruntime alone,
-and decoding, resizing and normalising are numpy and PIL code (`export.model_input`) that the PyTorch
+and decoding, resizing and normalising are numpy and PIL code (`inference.model_input`) that the PyTorch
 path shares, so the two paths cannot drift apart.
 """
 
@@ -72,7 +72,7 @@ def model_path(spec: str) -> Path:
 
 
 def load_model(spec: str) -> Model:
-    """`transfer` / `scratch` must hold that kind of model (swapped files are refused), a file anything."""
+    """`transfer` / `scratch` must hold that kind of model (swapped files are refused); a named file either."""
     path = model_path(spec)
     return load_onnx(path) if path.suffix == ".onnx" else load_torch(path, spec if spec in NAMED_MODELS else None)
 

@@ -75,9 +75,17 @@ def handle_signals() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def keep_torch_cache_in(folder: Path) -> None:
+    """torch writes a compile cache (`torchinductor_<user>`) to $TMPDIR unless told where: keep it in `folder`."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder.resolve() / "torchinductor"))
+
+
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main; every failure is one `error:` line on stderr and a non-zero exit."""
+    from .outputs import cache_dir
+
     handle_signals()
+    keep_torch_cache_in(cache_dir())  # the project's ignored cache, not $TMPDIR
     sys.exit(exit_status(main))
 
 

@@ -1,5 +1,6 @@
 """Stage evaluate: both models, once, on the test split -> metrics/test/, metrics/test_operating_point/,
-metrics/validation/, metrics/evaluate/ (plot data), models/<model>.threshold.json and reports/evaluate/."""
+metrics/validation/, metrics/evaluate/ (plot data, subgroups, calibration), models/<model>.threshold.json,
+reports/evaluate/ (figures) and reports/model_card.md."""
 
 from pathlib import Path
 
@@ -10,11 +11,16 @@ from brain_tumor.stage import run_stage
 
 def main() -> None:
     models = {"scratch": Path("models/scratch.pt"), "transfer": Path("models/transfer.pt")}
-    results = evaluate_models(load_params(), Path("data/split"), models, Path("metrics"), Path("reports/evaluate"))
+    results = evaluate_models(
+        load_params(),
+        Path("data/split"),
+        models,
+        Path("metrics"),
+        Path("reports/evaluate"),
+        Path("reports/model_card.md"),
+    )
     for name, metrics in results.items():
-        print(
-            f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "test_images" and v is not None)
-        )
+        print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if v is not None))
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def init_project_repo(parent: Path, params: dict) -> Path:
     repo.mkdir()
     for name in ("stages", "brain_tumor", "scripts"):
         shutil.copytree(PROJECT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore"):
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(PROJECT / name, repo / name)
     shutil.copytree(PROJECT / "data" / "synthetic", repo / "data" / "synthetic")
     (repo / "data" / "raw").mkdir(parents=True)
@@ -104,6 +104,27 @@ def init_project_repo(parent: Path, params: dict) -> Path:
 @pytest.fixture
 def project_repo(tmp_path: Path, tiny_params: dict) -> Path:
     return init_project_repo(tmp_path, tiny_params)
+
+
+@pytest.fixture(scope="session")
+def baseline_repo(tmp_path_factory) -> Path:
+    """The tiny pipeline reproduced once per test session and committed with its dvc.lock (no remote).
+
+    Tests never change it: they copy it (`copy_of`), which is much cheaper than reproducing it again.
+    """
+    repo = init_project_repo(tmp_path_factory.mktemp("baseline"), make_tiny_params())
+    result = sh(["dvc", "repro"], repo)
+    assert executed_stages(result.stdout) == STAGE_NAMES
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "commit", "-qm", "baseline"], repo)
+    (repo / "repro.log").write_text(result.stdout)  # untracked: what the first run printed
+    return repo
+
+
+def copy_of(repo: Path, target: Path) -> Path:
+    """A working copy of `repo` (git history, DVC cache and workspace outputs included)."""
+    shutil.copytree(repo, target, symlinks=True)
+    return target
 
 
 def executed_stages(output: str) -> set[str]:

@@ -1,9 +1,30 @@
 import itertools
 
 import numpy as np
+import pandas as pd
 import pytest
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score
 
-from brain_tumor.evaluate import binary_metrics, bootstrap_ci, choose_threshold, json_number, roc_auc
+from brain_tumor import evaluate as ev
+from brain_tumor.calibration import (
+    calibration_report,
+    expected_calibration_error,
+    fit_temperature,
+    logit,
+    nll,
+    reliability_table,
+)
+from brain_tumor.errors import PipelineError
+from brain_tumor.evaluate import (
+    binary_metrics,
+    bootstrap_ci,
+    choose_threshold,
+    json_number,
+    resampled_roc_auc,
+    roc_auc,
+    wilson_interval,
+)
+from brain_tumor.figures import reliability_figure
 
 
 def test_metrics_match_hand_counts():
@@ -63,3 +84,130 @@ def test_operating_point_meets_the_target_sensitivity_with_the_highest_threshold
     assert ((p >= above) & (y == 1)).sum() / (y == 1).sum() < target
     specificity = ((p < point["threshold"]) & (y == 0)).sum() / (y == 0).sum()
     assert np.isclose(specificity, point["validation_specificity"], atol=1e-4)
+
+
+def test_binary_metrics_agree_with_sklearn_including_zero_denominators():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 50)
+    for pred in (rng.integers(0, 2, 50), np.zeros(50, dtype=int)):  # all negative: precision and f1 are 0
+        m = binary_metrics(y, pred, rng.random(50))
+        p, r, f1, _ = precision_recall_fscore_support(y, pred, labels=[1], average=None, zero_division=0.0)
+        assert np.allclose([m["precision"], m["recall"], m["f1"]], [p[0], r[0], f1[0]], atol=1e-12)
+        assert m["accuracy"] == accuracy_score(y, pred)
+
+
+def test_resampled_auc_equals_sklearn_on_each_resample():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 40)
+    score = np.round(rng.random(40), 1)  # ties within and across classes
+    idx = rng.integers(0, 40, (6, 40))
+    idx[0] = np.flatnonzero(y == 1)[0]  # a resample of one tumour image, repeated: one class, AUC undefined
+    auc = resampled_roc_auc(y, score, idx)
+    assert np.isnan(auc[0])
+    for row, value in zip(idx[1:], auc[1:]):
+        assert abs(value - roc_auc_score(y[row], score[row])) < 1e-9
+
+
+def test_bootstrap_is_deterministic_and_every_interval_holds_its_estimate():
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 2, 300)
+    score = np.clip(rng.normal(0.35 + 0.3 * y, 0.2), 0, 1)
+    pred = (score >= 0.5).astype(int)
+    ci = bootstrap_ci(y, pred, score, 400, seed=3)
+    assert ci == bootstrap_ci(y, pred, score, 400, seed=3) != bootstrap_ci(y, pred, score, 400, seed=4)
+    for metric, value in binary_metrics(y, pred, score).items():
+        assert ci[metric][0] <= value <= ci[metric][1], metric
+
+
+def test_wilson_interval_matches_hand_values():
+    low, high = wilson_interval(np.array([8, 0, 5]), np.array([10, 5, 5]))
+    # 8/10: centre (0.8 + z²/20) / (1 + z²/10), half-width z·sqrt(0.016 + z²/400) / (1 + z²/10), z = 1.96
+    assert np.allclose(low, [0.4902, 0.0, 0.5655], atol=1e-4) and np.allclose(high, [0.9433, 0.4345, 1.0], atol=1e-4)
+
+
+def test_subgroups_match_hand_counts():
+    rows = pd.DataFrame(
+        {
+            "id": [f"i{k}" for k in range(8)],
+            "subtype": ["glioma"] * 3 + ["meningioma"] * 2 + ["notumor"] * 3,
+            "source_folder": ["Training", "Testing"] * 4,
+        }
+    )
+    labels = np.array([1, 1, 1, 1, 1, 0, 0, 0])
+    p = np.array([0.9, 0.4, 0.2, 0.6, 0.45, 0.1, 0.35, 0.7])
+    outcome = ev.TestPredictions(labels, p, 0.3, np.zeros((8, 1, 1, 3), np.uint8))
+    table = ev.subgroup_rows("m", rows, outcome).set_index(["grouping", "threshold_name", "group"])
+    assert set(table.index.get_level_values("grouping")) == {"subtype", "source_folder"}
+    # at 0.5: glioma 1 of 3 right (sensitivity), meningioma 1 of 2, notumor 2 of 3 (specificity)
+    # at 0.3: glioma 2 of 3, meningioma 2 of 2, notumor 1 of 3 (0.35 and 0.7 are false alarms)
+    expected = {
+        ("subtype", "0.5", "glioma"): (3, 2),
+        ("subtype", "0.5", "meningioma"): (2, 1),
+        ("subtype", "0.5", "notumor"): (3, 1),
+        ("subtype", "operating_point", "glioma"): (3, 1),
+        ("subtype", "operating_point", "meningioma"): (2, 0),
+        ("subtype", "operating_point", "notumor"): (3, 2),
+        ("source_folder", "0.5", "Training"): (4, 2),  # rows 0 2 4 6: wrong at 2 (0.2) and 4 (0.45)
+        ("source_folder", "0.5", "Testing"): (4, 2),  # rows 1 3 5 7: wrong at 1 (0.4) and 7 (0.7)
+    }
+    for key, (n, errors) in expected.items():
+        row = table.loc[key]
+        assert (row["n"], row["errors"]) == (n, errors), key
+        assert row["accuracy"] == round(1 - errors / n, 4)
+        low, high = wilson_interval(n - errors, n)
+        assert (row["ci_lower"], row["ci_upper"]) == (round(float(low), 4), round(float(high), 4))
+
+
+def test_ece_and_nll_by_hand():
+    y = np.array([0, 1, 1, 1])
+    p = np.array([0.1, 0.1, 0.9, 0.9])  # bin of 0.1: observed 0.5; bin of 0.9: observed 1.0
+    assert np.isclose(expected_calibration_error(y, p), 0.5 * 0.4 + 0.5 * 0.1)
+    table = reliability_table(y, p)
+    assert table["bin"].tolist() == [1, 13] and table["count"].tolist() == [2, 2]
+    assert np.isclose(nll(y, logit(p)), -np.mean(np.log([0.9, 0.1, 0.9, 0.9])))
+    assert expected_calibration_error(np.array([1]), np.array([1.0])) == 0.0  # 1.0 falls in the last bin
+
+
+def test_temperature_by_hand():
+    """Logits ±2, each right 3 times in 4: the best sigmoid(2 / T) is 0.75, so T = 2 / ln 3."""
+    z = np.array([2.0, 2, 2, 2, -2, -2, -2, -2])
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 1])
+    assert np.isclose(fit_temperature(y, z), 2 / np.log(3), rtol=1e-4)
+
+
+def test_calibrated_probabilities_keep_t_near_one_and_overconfident_ones_get_t_above_one():
+    rng = np.random.default_rng(7)
+    z = rng.normal(0, 2, 20000)
+    y = (rng.random(20000) < 1 / (1 + np.exp(-z))).astype(int)
+    p = 1 / (1 + np.exp(-z))
+    half = slice(0, 10000), slice(10000, None)
+    calibrated = calibration_report(y[half[0]], p[half[0]], y[half[1]], p[half[1]])
+    assert calibrated["ece"] < 0.02 and abs(calibrated["temperature"] - 1) < 0.05
+    over = 1 / (1 + np.exp(-3 * z))  # logits three times too large
+    report = calibration_report(y[half[0]], over[half[0]], y[half[1]], over[half[1]])
+    assert abs(report["temperature"] - 3) < 0.2
+    assert report["nll_temperature_scaled"] < report["nll"] and report["ece_temperature_scaled"] < report["ece"]
+
+
+def test_reliability_diagram_is_written(tmp_path):
+    rng = np.random.default_rng(8)
+    p = rng.random(200)
+    reliability_figure((rng.random(200) < p).astype(int), p, "scratch", tmp_path / "reliability_scratch.png")
+    assert (tmp_path / "reliability_scratch.png").stat().st_size > 1000
+
+
+def test_a_manifest_without_subgroup_columns_is_one_line(tmp_path):
+    ids = [f"{k:020x}" for k in range(6)]
+    rows = pd.DataFrame(
+        {
+            "id": ids,
+            "split": ["train", "train", "val", "val", "test", "test"],
+            "label": ["0", "1"] * 3,
+            "class": ["non_tumor", "tumor"] * 3,
+            "sha256": ["0" * 64] * 6,
+        }
+    )
+    rows.insert(2, "file", rows["split"] + "/" + rows["class"] + "/" + rows["id"] + ".png")
+    rows.to_csv(tmp_path / "split_manifest.csv", index=False)
+    with pytest.raises(PipelineError, match=r"no column subtype, source_folder, source, train_similarity, group"):
+        ev.read_report_manifest(tmp_path)

@@ -55,7 +55,8 @@ def test_metadata_documents_preprocessing_classes_threshold_and_source(exported)
     assert float(props["threshold"]) == TRANSFER_THRESHOLD
     assert props["source_model_sha256"] == file_sha256(exported / "models" / "transfer.pt")
     scratch = {p.key: p.value for p in onnx.load(str(exported / "models" / "scratch.onnx")).metadata_props}
-    assert scratch["threshold"] == "0.5" and scratch["threshold_source"] == "default"
+    point = json.loads((exported / "models" / "scratch.threshold.json").read_text())
+    assert float(scratch["threshold"]) == point["threshold"] and scratch["threshold_source"] == "scratch.threshold.json"
     batch = model.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch.dim_param == "batch"
 

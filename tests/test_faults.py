@@ -303,11 +303,25 @@ def test_an_output_path_that_cannot_be_written_is_one_line(scans, args, message)
 
 
 @pytest.mark.slow  # imports torch in the subprocess
-def test_an_explain_path_that_is_a_file_is_one_line_before_any_work(scans):
+def test_an_explain_path_that_is_a_file_is_one_line_and_overlays_appear_whole(scans):
     tiny_pt(scans.root / "models" / "scratch.pt")
     before = tree(scans.root)
     result = predict(scans, "scans", "--explain", "predictions.csv", model="scratch")
     assert assert_failed_cleanly(scans, result, before) == "error: --explain predictions.csv: not a folder"
+    assert predict(scans, "scans", "--explain", "overlays", model="scratch").returncode == 0
+    assert set(tree(scans.root)) - set(before) == {"overlays"} | {f"overlays/scans__s{i}.png.png" for i in range(3)}
+
+
+def expect_outcome(scans: Workspace, problem: str, path: str, used: str) -> str:
+    """`predict scans --out predictions.csv`: without a `problem`, a run at the threshold `used`; with one,
+    the error line `error: PATH: PROBLEM...` (returned) and nothing changed."""
+    before = tree(scans.root)
+    result = predict(scans, "scans", "--out", "predictions.csv")
+    if problem:
+        return assert_failed_cleanly(scans, result, before, f"error: {path}: {problem}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"at threshold {used}" in result.stderr
+    return ""
 
 
 def threshold_point(**change) -> dict:
@@ -330,13 +344,7 @@ def threshold_point(**change) -> dict:
 )
 def test_a_threshold_file_predict_cannot_trust_is_one_line(scans, content, problem):
     (scans.root / "models" / "transfer.threshold.json").write_text(content)
-    before = tree(scans.root)
-    result = predict(scans, "scans", "--out", "predictions.csv")
-    if not problem:
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert "at threshold 0.3 (models/transfer.threshold.json)" in result.stderr
-    else:
-        assert_failed_cleanly(scans, result, before, f"error: models/transfer.threshold.json: {problem}")
+    expect_outcome(scans, problem, "models/transfer.threshold.json", used="0.3 (models/transfer.threshold.json)")
 
 
 @pytest.mark.slow  # imports torch in the subprocess
@@ -370,11 +378,5 @@ ONNX_FAULTS = {  # id: (tiny_onnx's changes, the problem named)
 @pytest.mark.parametrize("make,problem", list(ONNX_FAULTS.values()), ids=list(ONNX_FAULTS))
 def test_an_onnx_file_whose_metadata_cannot_be_trusted_is_one_line(scans, make, problem):
     tiny_onnx(scans.root / "models" / "transfer.onnx", **make)
-    before = tree(scans.root)
-    result = predict(scans, "scans", "--out", "predictions.csv")
-    if not problem:
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert "at threshold 0.4 (transfer.onnx metadata)" in result.stderr
-    else:
-        line = assert_failed_cleanly(scans, result, before, f"error: models/transfer.onnx: {problem}")
-        assert line.endswith("re-export it (python -m stages.export)")
+    line = expect_outcome(scans, problem, "models/transfer.onnx", used="0.4 (transfer.onnx metadata)")
+    assert not problem or line.endswith("re-export it (python -m stages.export)")

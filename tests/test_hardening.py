@@ -265,11 +265,11 @@ def test_unusable_sources_are_one_line_errors(ws, tmp_path, make, needles):
     assert not (ws.root / "data" / "dataset").exists() and not ws.leftovers()
 
 
-def test_garbage_model_file_is_one_line_in_evaluate(ws):
+def test_evaluate_without_its_inputs_is_one_line(ws):
     (ws.root / "models").mkdir()
     (ws.root / "models" / "scratch.pt").write_bytes(b"PK\x03\x04" + os.urandom(5000))
     result = ws.run("evaluate")
-    assert_one_error(result, "models/scratch.pt: not a model file written by a training stage")
+    assert_one_error(result, "data/split/split_manifest.csv")
     assert not ws.leftovers()
 
 

@@ -21,25 +21,27 @@ from brain_tumor.predict import COLUMNS, load_model
 
 pytestmark = pytest.mark.slow  # builds and trains tiny models (about 20 s); `make test-fast` skips it
 
-TRANSFER_THRESHOLD = 0.3  # what the evaluate stage would have chosen; scratch has no file: 0.5
+THRESHOLDS = {"scratch": 0.5, "transfer": 0.3}  # what the evaluate stage would have chosen
+TRANSFER_THRESHOLD = THRESHOLDS["transfer"]
 
 
 def build_tiny_models(base: Path, params: dict) -> Path:
-    """A tiny synthetic split and both models trained on it, built once per session in `base`.
+    """A tiny synthetic split, both models trained on it and their threshold files (as the evaluate stage
+    writes them), built once per session in `base`.
 
     The transfer model sees 64 px (MobileNetV2's last block is then 2x2, so Grad-CAM has a map to show).
     """
-    if (base / "models" / "transfer.threshold.json").exists():
+    if (base / "models" / "scratch.threshold.json").exists():
         return base
     params = params | {"train_transfer": params["train_transfer"] | {"image_size": 64}}
     ingest.build_dataset(params, base / "raw", base / "dataset", base / "ingest.json")
     split.split_dataset(params, base / "dataset", base / "split", base / "split.json", base / "people")
-    for kind in ("scratch", "transfer"):
-        train.train_model(kind, params, base / "split", base / "models" / f"{kind}.pt", base / "live" / kind)
-    point = {"threshold": TRANSFER_THRESHOLD, "target_sensitivity": 0.95}
-    point |= {"validation_sensitivity": 1.0, "validation_specificity": 0.5}
-    transfer = base / "models" / "transfer.pt"
-    write_threshold(transfer, point, file_sha256(transfer))
+    for kind, threshold in THRESHOLDS.items():
+        model = base / "models" / f"{kind}.pt"
+        train.train_model(kind, params, base / "split", model, base / "live" / kind)
+        point = {"threshold": threshold, "target_sensitivity": 0.95}
+        point |= {"validation_sensitivity": 1.0, "validation_specificity": 0.5}
+        write_threshold(model, point, file_sha256(model))
     return base
 
 
@@ -100,7 +102,9 @@ def test_a_folder_with_bad_files_gives_a_row_per_file_and_exit_zero(tiny, scans,
 
 
 def test_table_on_stdout_json_file_and_default_threshold(tiny, scans, tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tiny)  # `--model scratch` is models/scratch.pt here; it has no threshold file
+    (tmp_path / "models").mkdir()
+    shutil.copy(tiny / "models" / "scratch.pt", tmp_path / "models")  # without its threshold file
+    monkeypatch.chdir(tmp_path)  # `--model scratch` is models/scratch.pt here
     assert main(["predict", str(scans / "scan1.png"), str(scans / "notes.txt"), "--model", "scratch"]) == 0
     shown = capsys.readouterr()
     assert "threshold 0.5 (default: no models/scratch.threshold.json)" in shown.out
