@@ -1,4 +1,5 @@
-"""Evaluate: both best models, once, on the test split, in eval mode; metrics with bootstrap 95% CIs."""
+"""Evaluate: both best models, once, on the test split, in eval mode; metrics with bootstrap 95% CIs at 0.5 and
+at the operating point chosen on validation, per-subgroup accuracy, calibration, figures and the model card."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from .errors import PipelineError
 from .explain import gallery, gallery_indices
 from .inference import write_threshold
 from .labels import CLASSES
-from .model_card import CardInputs, ModelFile, write_model_card
+from .model_card import CardInputs, ModelFile, training_params, write_model_card
 from .outputs import file_sha256, write_json, write_table
 
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
@@ -149,13 +150,11 @@ THRESHOLD_DIRS = {"0.5": "test", "operating_point": "test_operating_point"}  # t
 
 @dataclass
 class ModelRun:
-    """What the reports need of one model: its file and record, its validation and test predictions."""
+    """What the reports need of one model: its file, record and training params, its predictions."""
 
-    path: Path
-    meta: dict  # the model file's record (checkpoint.META_TYPES)
+    file: ModelFile
     val_labels: np.ndarray
     val_p_tumor: np.ndarray
-    operating_point: dict  # choose_threshold's result, as in models/<name>.threshold.json
     test: TestPredictions
 
 
@@ -252,6 +251,7 @@ def evaluate_models(
         name: load_trained(path, expect_kind=name, split_manifest_sha256=manifest_sha256)
         for name, path in model_paths.items()
     }
+    logged = {name: training_params(metrics_dir / f"train_{name}" / "params.yaml") for name in model_paths}
     manifest = read_report_manifest(split_dir)
     runs: dict[str, ModelRun] = {}
     for name, path in model_paths.items():
@@ -265,7 +265,7 @@ def evaluate_models(
         write_threshold(path, operating_point, file_sha256(path))
         score = predict(model, test.images, cfg["batch_size"])
         outcome = TestPredictions(test.labels, score, operating_point["threshold"], test.images)
-        runs[name] = ModelRun(path, meta, val.labels, p_val, operating_point, outcome)
+        runs[name] = ModelRun(ModelFile(path, meta, logged[name], operating_point), val.labels, p_val, outcome)
         gallery(model, test.images, test.labels, score, outcome.threshold, figures_dir / f"gallery_{name}.png")
 
     metrics = write_reports(params, manifest, runs, metrics_dir, figures_dir, card_path)
@@ -299,21 +299,8 @@ def write_reports(
     test_operating_point,validation}/*.json, metrics/evaluate/ tables, calibration.json and the model card.
     The card is rendered from the very dicts written to the metric files, so the two cannot disagree."""
     test_rows = manifest[manifest["split"] == "test"].reset_index(drop=True)
-    metrics = threshold_metrics(runs, params["evaluate"])
-    calibration = {}
-    for name, run in runs.items():
-        report = calibration_report(run.val_labels, run.val_p_tumor, run.test.labels, run.test.p_tumor)
-        calibration[name] = {key: json_number(value) for key, value in report.items()}
-    validation = {
-        name: {
-            "best_epoch": run.meta["epoch"],
-            "best_loss": run.meta["val_loss"],
-            "best_accuracy": run.meta.get("val_accuracy", float("nan")),
-            "threshold": run.test.threshold,
-        }
-        for name, run in runs.items()
-    }
-    metrics["validation"] = summary_rows(validation)
+    metrics = threshold_metrics(runs, params["evaluate"]) | {"validation": validation_rows(runs)}
+    calibration = {name: calibration_row(run) for name, run in runs.items()}
     for folder, rows in metrics.items():
         for metric, row in rows.items():
             write_json(metrics_dir / folder / f"{metric}.json", row)
@@ -327,10 +314,7 @@ def write_reports(
         source=params["data"]["source"],
         evaluate=params["evaluate"],
         manifest=manifest,
-        models={
-            name: ModelFile(run.path, run.meta, run.operating_point, metrics_dir / f"train_{name}" / "params.yaml")
-            for name, run in runs.items()
-        },
+        models={name: run.file for name, run in runs.items()},
         metrics=metrics,
         subgroups=subgroups,
         calibration=calibration,
@@ -339,6 +323,27 @@ def write_reports(
     )
     write_model_card(card_path, card)
     return metrics
+
+
+def validation_rows(runs: dict[str, ModelRun]) -> dict[str, dict]:
+    """metrics/validation/: each model's best epoch, its validation loss and accuracy, the chosen threshold."""
+    return summary_rows(
+        {
+            name: {
+                "best_epoch": run.file.meta["epoch"],
+                "best_loss": run.file.meta["val_loss"],
+                "best_accuracy": run.file.meta.get("val_accuracy", float("nan")),
+                "threshold": run.test.threshold,
+            }
+            for name, run in runs.items()
+        }
+    )
+
+
+def calibration_row(run: ModelRun) -> dict[str, float | None]:
+    """Test ECE and NLL, raw and temperature-scaled (T fitted on validation), as written to calibration.json."""
+    report = calibration_report(run.val_labels, run.val_p_tumor, run.test.labels, run.test.p_tumor)
+    return {key: json_number(value) for key, value in report.items()}
 
 
 def write_figures(outcomes: dict[str, TestPredictions], cfg: dict, figures_dir: Path) -> None:

@@ -86,6 +86,6 @@ def reliability_figure(labels: np.ndarray, p_tumor: np.ndarray, name: str, path:
         ax.annotate(str(row.count), (row.mean_predicted, row.observed), xytext=(4, -10), textcoords="offset points")
     ece = expected_calibration_error(labels, p_tumor)
     ax.set(xlim=(0, 1), ylim=(-0.03, 1.03), xlabel="mean P(tumor) in bin", ylabel="observed tumour frequency")
-    ax.set_title(f"{name}, test: ECE {ece:.3f} ({BINS} bins of P(tumor); labels: images)", fontsize=9)
+    ax.set_title(f"{name}, test: ECE {ece:.3f} ({BINS} bins of P(tumor); numbers: images per bin)", fontsize=9)
     ax.legend(fontsize=8, loc="upper left")
     save_figure(fig, path)

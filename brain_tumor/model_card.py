@@ -28,8 +28,8 @@ METRIC_NAMES = {"recall": "`recall` (sensitivity)", "roc_auc": "`roc_auc` (thres
 class ModelFile:
     path: Path
     meta: dict  # the model file's record (checkpoint.META_TYPES)
+    training: dict  # the params its training run logged (training_params)
     operating_point: dict  # as in models/<name>.threshold.json
-    training_log: Path  # DVCLive's params.yaml of the run that trained it (metrics/train_<name>/params.yaml)
 
 
 @dataclass
@@ -115,13 +115,14 @@ cosine similarity (manifest column `train_similarity`; 0.95 is the same slice re
 
 
 def training_params(path: Path) -> dict:
+    """The params a training run logged: DVCLive's params.yaml beside its curves (metrics/train_<name>/)."""
     if not path.is_file():
         raise PipelineError(f"{path}: no such file; run the model's training stage first (dvc repro)")
     logged = read_yaml(path)
     return logged if isinstance(logged, dict) else {}
 
 
-def model_facts(m: ModelFile, log: dict) -> dict[str, str]:
+def model_facts(m: ModelFile) -> dict[str, str]:
     """One model's provenance, label -> value (a column of the provenance table)."""
     point = m.operating_point
     return {
@@ -130,7 +131,7 @@ def model_facts(m: ModelFile, log: dict) -> dict[str, str]:
         "sha256": f"`{file_digest(m.path, 'sha256')}`",
         "kind": m.meta["kind"],
         "image size": f"{m.meta['image_size']} px",
-        "epochs run / best epoch": f"{log.get('epochs', '?')} / {m.meta['epoch']}",
+        "epochs run / best epoch": f"{m.training.get('epochs', '?')} / {m.meta['epoch']}",
         "best validation loss": number(m.meta["val_loss"]),
         "trained on split manifest (sha256)": f"`{m.meta['split_manifest_sha256']}`",
         "operating point (on validation)": f"{number(point['threshold'])} (sensitivity "
@@ -139,12 +140,10 @@ def model_facts(m: ModelFile, log: dict) -> dict[str, str]:
 
 
 def provenance_section(models: dict[str, ModelFile]) -> str:
-    logs = {name: training_params(m.training_log) for name, m in models.items()}
-    facts = {name: model_facts(m, logs[name]) for name, m in models.items()}
+    facts = {name: model_facts(m) for name, m in models.items()}
     rows = ([label, *(facts[name][label] for name in models)] for label in next(iter(facts.values())))
     params = "\n".join(
-        f"- {name}: " + ", ".join(f"`{k}={v}`" for k, v in logs[name].items()) + f" (`{m.training_log.as_posix()}`)"
-        for name, m in models.items()
+        f"- {name}: " + ", ".join(f"`{k}={v}`" for k, v in m.training.items()) for name, m in models.items()
     )
     return f"""## Models and provenance
 
@@ -153,7 +152,7 @@ whose validation sensitivity reaches the target (missing a tumour costs more tha
 
 {table(["", *models], rows)}
 
-Training params, as the training run logged them:
+Training params, as each training run logged them (`metrics/train_<model>/params.yaml`):
 
 {params}"""
 

@@ -31,7 +31,8 @@ def imported_modules(file: Path) -> set[str]:
 
 def code_dependencies(script: Path) -> set[str]:
     """The stage script and every package file it imports, transitively, plus the package's __init__."""
-    files, todo = {script}, [script]
+    init = PROJECT / PACKAGE / "__init__.py"  # runs first on any import from the package, with its own imports
+    files, todo = {script, init}, [script, init]
     while todo:
         for module in imported_modules(todo.pop()):
             file = PROJECT / (module.replace(".", "/") + ".py")

@@ -1,0 +1,143 @@
+"""Trust nothing between stages: each artifact a stage reads is checked against its contract, through the real
+stage scripts on a copy of the reproduced tiny pipeline. A violation is exit 1 with exactly one `error:` line
+naming the file, no traceback, nothing left behind, and no output changed."""
+
+import json
+import math
+import shutil
+
+import pandas as pd
+import pytest
+from conftest import copy_of, sh
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def pipeline(baseline_repo, tmp_path_factory):
+    return copy_of(baseline_repo, tmp_path_factory.mktemp("contracts") / "repo")
+
+
+def outputs(repo) -> dict[str, bytes]:
+    folders = ("models", "metrics", "reports", "data/split")
+    return {str(p): p.read_bytes() for f in folders for p in sorted((repo / f).rglob("*")) if p.is_file()}
+
+
+def refused(repo, stage: str, *needles: str) -> str:
+    """Run `stage`; assert one error line holding `needles`, no traceback, no debris; return the line."""
+    result = sh(["python", "-m", f"stages.{stage}"], repo, check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert not list(repo.rglob(".tmp-*"))
+    return lines[0]
+
+
+def edit_manifest(repo, change) -> None:
+    path = repo / "data" / "split" / "split_manifest.csv"
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    change(table)
+    table.to_csv(path, index=False)
+
+
+@pytest.mark.parametrize(
+    "change,needles",
+    [
+        (lambda t: None, ()),  # the control: the file rewritten unchanged
+        (lambda t: t.loc.__setitem__((0, "label"), "1" if t.loc[0, "label"] == "0" else "0"), ("row 2", "class")),
+        (lambda t: t.loc.__setitem__((0, "file"), "../../params.yaml"), ("row 2", "file")),
+        (lambda t: t.loc.__setitem__((0, "label"), "tumour"), ("row 2: label 'tumour' is not allowed",)),
+        (lambda t: t.drop(columns=["sha256"], inplace=True), ("no column sha256",)),
+        (lambda t: t.drop(index=t.index[(t["split"] == "val") & (t["label"] == "0")], inplace=True), ("val split",)),
+    ],
+    ids=["control", "label-contradicts-folder", "path-outside", "non-integer-label", "missing-column", "val-one-class"],
+)
+def test_a_split_manifest_that_cannot_be_trusted_stops_training_and_evaluate(pipeline, tmp_path, change, needles):
+    repo = copy_of(pipeline, tmp_path / "repo")
+    edit_manifest(repo, change)
+    if not needles:  # the control: the same file rewritten is accepted
+        assert sh(["python", "-m", "stages.evaluate"], repo).returncode == 0
+        return
+    before = outputs(repo)
+    for stage in ("train_transfer", "evaluate"):
+        refused(repo, stage, "data/split/split_manifest.csv", *needles)
+    assert outputs(repo) == before
+
+
+def test_garbage_manifest_is_one_line(pipeline, tmp_path):
+    repo = copy_of(pipeline, tmp_path / "repo")
+    (repo / "data" / "split" / "split_manifest.csv").write_bytes(b"\x00\xff garbage \x00" * 50)
+    refused(repo, "evaluate", "data/split/split_manifest.csv")
+
+
+def test_swapped_models_and_a_model_of_another_split_are_refused(pipeline, tmp_path):
+    repo = copy_of(pipeline, tmp_path / "repo")
+    models = repo / "models"
+    before = outputs(repo)
+    shutil.move(models / "scratch.pt", models / "tmp.pt")
+    shutil.move(models / "transfer.pt", models / "scratch.pt")
+    shutil.move(models / "tmp.pt", models / "transfer.pt")
+    refused(repo, "evaluate", "models/scratch.pt: holds the transfer model, expected the scratch model")
+    refused(repo, "export", "holds the transfer model")
+    shutil.move(models / "scratch.pt", models / "tmp.pt")
+    shutil.move(models / "transfer.pt", models / "scratch.pt")
+    shutil.move(models / "tmp.pt", models / "transfer.pt")
+    assert outputs(repo) == before
+    edit_manifest(repo, lambda t: t.sort_values("id", inplace=True))  # the same rows, another file: another split
+    refused(repo, "evaluate", "trained on another split")
+
+
+@pytest.mark.parametrize(
+    "point,needles",
+    [
+        ({"threshold": math.nan}, ("threshold nan is not a number between 0 and 1",)),
+        ({"threshold": 1.5}, ("threshold 1.5",)),
+        ({"model_sha256": "0" * 64}, ("chosen for another model file",)),
+        (None, ("not a threshold file",)),
+    ],
+    ids=["nan", "out-of-range", "other-model", "garbage"],
+)
+def test_a_threshold_file_export_cannot_trust_is_one_line(pipeline, tmp_path, point, needles):
+    repo = copy_of(pipeline, tmp_path / "repo")
+    path = repo / "models" / "transfer.threshold.json"
+    if point is None:
+        path.write_text("{not json")
+    else:
+        path.write_text(json.dumps(json.loads(path.read_text()) | point))
+    before = outputs(repo)
+    refused(repo, "export", "models/transfer.threshold.json", *needles)
+    assert outputs(repo) == before
+
+
+def test_swapped_cache_entries_are_rebuilt_not_used(pipeline, tmp_path):
+    """Two decoded-image cache entries of the same shape, swapped: each knows its key, so both are rebuilt
+    (one warning line each) and evaluate reports the same metrics as before."""
+    repo = copy_of(pipeline, tmp_path / "repo")
+    cache = repo / "data" / "cache"
+    val, test = (next(cache.glob(f"{s}-*")) for s in ("val", "test"))
+    if json.loads((val / "meta.json").read_text())["shape"] != json.loads((test / "meta.json").read_text())["shape"]:
+        pytest.skip("the tiny split's val and test differ in size")
+    metrics = (repo / "metrics" / "test" / "accuracy.json").read_text()
+    val.rename(cache / "swap")
+    test.rename(val)
+    (cache / "swap").rename(test)
+    result = sh(["python", "-m", "stages.evaluate"], repo)
+    assert "renamed or swapped" in result.stderr
+    assert (repo / "metrics" / "test" / "accuracy.json").read_text() == metrics
+
+
+def test_a_missing_input_names_the_stage_that_makes_it(pipeline, tmp_path):
+    repo = copy_of(pipeline, tmp_path / "repo")
+    (repo / "models" / "transfer.threshold.json").unlink()
+    refused(repo, "export", "models/transfer.threshold.json", "dvc repro evaluate")
+
+
+@pytest.mark.parametrize("target", ["models", "data/cache"])
+def test_an_output_folder_that_is_a_file_is_one_line(pipeline, tmp_path, target):
+    repo = copy_of(pipeline, tmp_path / "repo")
+    shutil.rmtree(repo / target)
+    (repo / target).write_text("not a folder")
+    refused(repo, "train_transfer", target)
