@@ -24,8 +24,8 @@ import torch
 from .console import progress
 from .contracts import read_split_manifest
 from .errors import one_line, warn
-from .images import resize_rgb
 from .outputs import cache_dir, file_sha256, temporary_dir, write_json
+from .resize import resize_rgb
 from .stage import worker_pool
 
 MEAN = STD = (0.5, 0.5, 0.5)  # the seed's Normalize((0.5,)*3, (0.5,)*3)

@@ -129,10 +129,3 @@ def perceptual_hash(rgb: np.ndarray) -> int:
 
 def save_png(rgb: np.ndarray, path: Path) -> None:
     Image.fromarray(rgb).save(path, format="PNG", compress_level=1)
-
-
-def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear (antialiased) resize to size x size, as torchvision's Resize does on a PIL image."""
-    if rgb.shape[0] == size and rgb.shape[1] == size:
-        return rgb
-    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR))

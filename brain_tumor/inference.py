@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from .errors import PipelineError, one_line
-from .images import resize_rgb
 from .outputs import write_json
+from .resize import resize_rgb
 
 PREPROCESSING = (
     "decode to 8-bit RGB as brain_tumor.images.load_rgb does (EXIF orientation applied; high-bit-depth "

@@ -7,6 +7,7 @@ a later run sweeps the `.tmp-<pid>-*` debris of dead processes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -90,16 +91,18 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     A failed stage therefore never leaves a half-written output that looks finished.
     """
     target = Path(target)
+    if target.is_symlink() or (target.exists() and not target.is_dir()):  # never delete a user's file
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(target))
     tmp = temporary_dir(target.parent, target.name)
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the output gets the usual permissions
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the output gets the usual permissions
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:

@@ -11,6 +11,8 @@ import csv
 import hashlib
 import io
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from conftest import save, scan, venv_env
+from conftest import PROJECT, save, scan, venv_env
 from onnx import TensorProto, helper
 from PIL import Image
 from test_hardening import Workspace, assert_one_error, class_folders, kaggle, model_record
@@ -380,3 +382,64 @@ def test_an_onnx_file_whose_metadata_cannot_be_trusted_is_one_line(scans, make, 
     tiny_onnx(scans.root / "models" / "transfer.onnx", **make)
     line = expect_outcome(scans, problem, "models/transfer.onnx", used="0.4 (transfer.onnx metadata)")
     assert not problem or line.endswith("re-export it (python -m stages.export)")
+
+
+# ---------------------------------------------------------------- file-system faults at the stage boundary
+
+
+def stage_as_nobody(folder: Path, stage: str) -> subprocess.CompletedProcess:
+    env = venv_env() | {"TMPDIR": str(folder / "tmp")}
+    return python_as_nobody([str(PROJECT / "stages" / f"{stage}.py")], folder, env=env)
+
+
+def test_a_read_only_output_folder_is_one_line_and_changes_nothing(tiny_params):
+    """As an unprivileged user (root writes anywhere): ingest cannot replace data/dataset in a data/ folder it
+    may not write; one line names the folder and the cause, and the previous output is untouched."""
+    with public_folder() as folder:
+        work = Workspace(folder / "repo", tiny_params)
+        for path in (work.root, work.root / "data", work.tmpdir):
+            path.chmod(0o755)
+        (work.root / "tmp").mkdir(mode=0o777)
+        (work.root / "tmp").chmod(0o777)
+        (work.root / "data" / "dataset").mkdir()
+        (work.root / "data" / "dataset" / "manifest.csv").write_text("earlier output\n")
+        before = tree(work.root)
+        result = stage_as_nobody(work.root, "ingest")
+        line = assert_one_error(result)
+        assert "data" in line and "permission denied" in line, line
+        assert tree(work.root) == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")
+def test_a_full_disk_during_ingest_is_one_line_and_leaves_nothing(ws, tmp_path):
+    """ingest's output on a 1 MiB tmpfs: the disk fills while images are written; one line, no debris."""
+    params = ws.params
+    params["data"]["synthetic"].update(n_images=200, image_size=240)
+    ws.write_params()
+    data = ws.root / "data"
+    shutil.rmtree(data)
+    data.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(data)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        (data / "raw").mkdir()
+        shutil.copytree(PROJECT / "data" / "synthetic", data / "synthetic")
+        result = ws.run("ingest")
+        line = assert_one_error(result, "no space left on device")
+        assert sorted(p.name for p in data.iterdir()) == ["raw", "synthetic"], line  # nothing half-written
+        assert not list(ws.tmpdir.iterdir())
+    finally:
+        subprocess.run(["umount", str(data)], check=False)
+
+
+@pytest.mark.parametrize("target", ["data/dataset", "data"])
+def test_an_output_folder_that_is_a_file_is_one_line(ws, target):
+    path = ws.root / target
+    if path.exists():
+        shutil.rmtree(path)
+    path.write_text("a file where a folder should be")
+    before = tree(ws.root)
+    line = assert_one_error(ws.run("ingest"))
+    assert target in line or "data/raw" in line, line
+    assert tree(ws.root) == before

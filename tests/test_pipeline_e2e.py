@@ -147,13 +147,13 @@ def test_queued_sweep_finishes_runs_its_own_code_and_prints_a_narrow_table(basel
     """One command queues the points, keeps a worker until none is left (dvc#10562) and prints the table; a
     workspace edit made after queueing does not reach the queued experiments, which run their own copy."""
     repo = copy_of(baseline_repo, tmp_path / "repo")
-    points = ["0.001", "0.003", "0.0003"]
+    points = ["0.001", "0.003"]
     sh(["python", "scripts/sweep.py", "--queue-only", "-S", f"train_transfer.lr={','.join(points)}"], repo)
     train = repo / "brain_tumor" / "train.py"
     original = md5(train)
     train.write_text(train.read_text() + '\nprint("EDITED WORKSPACE CODE")\n')
     result = sh(["env", "COLUMNS=160", "python", "scripts/sweep.py", "--run-queued", "-S", "train_transfer.lr"], repo)
-    assert "3 succeeded, 0 failed" in result.stderr
+    assert "2 succeeded, 0 failed" in result.stderr
     rows = [line for line in result.stdout.splitlines() if line.strip()]
     assert max(len(line) for line in rows) <= 160 and rows[0].split()[:2] == ["experiment", "accuracy"]
     assert sorted(line.split()[-1] for line in rows[1:] if line.split()[0] not in ("workspace", "master")) == sorted(
@@ -161,7 +161,7 @@ def test_queued_sweep_finishes_runs_its_own_code_and_prints_a_narrow_table(basel
     )
     table = json.loads(sh(["dvc", "exp", "show", "--json"], repo).stdout)
     runs = [rev for row in table for e in row.get("experiments") or [] for rev in e["revs"]]
-    assert len(runs) == 3
+    assert len(runs) == 2
     for run in runs:
         assert run["data"]["deps"]["brain_tumor/train.py"]["hash"] == original  # the code its lock records ran
     logs = sh(["dvc", "queue", "logs", runs[0]["name"]], repo, check=False)

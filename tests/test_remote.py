@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import STAGE_NAMES, copy_of, executed_stages, sh, venv_env
+from conftest import copy_of, executed_stages, sh, venv_env
 
 pytestmark = pytest.mark.e2e
 BASELINE_LR, OTHER_LR, NEW_LR = 0.0001, 0.01, 0.003
@@ -175,4 +175,4 @@ def test_without_a_remote_ci_reproduces_locally_reports_and_pushes_nothing(basel
     assert "## Pipeline (local cache only: no DVC remote configured)" in summary
     assert executed_stages(result.stdout) == {"train-transfer", "evaluate", "export"}
     assert "| metrics/test/accuracy.json | transfer |" in summary
-    assert STAGE_NAMES - {"train-transfer", "evaluate", "export"} == {"ingest", "split", "train-scratch"}
+    assert "| ingest | restored or unchanged |" in summary
