@@ -246,13 +246,13 @@ def evaluate_models(
     bootstrap intervals at 0.5 and at that point, subgroups, calibration, the model card) and PNG figures.
     Returns each model's test metrics at 0.5."""
     cfg = params["evaluate"]
+    manifest = read_report_manifest(split_dir)  # first: a model cannot be checked against a split in doubt
     manifest_sha256 = file_sha256(split_dir / "split_manifest.csv")
     trained = {  # all checked before any write: the right kind of model, trained on this very split
         name: load_trained(path, expect_kind=name, split_manifest_sha256=manifest_sha256)
         for name, path in model_paths.items()
     }
     logged = {name: training_params(metrics_dir / f"train_{name}" / "params.yaml") for name in model_paths}
-    manifest = read_report_manifest(split_dir)
     runs: dict[str, ModelRun] = {}
     for name, path in model_paths.items():
         model, meta = trained[name]

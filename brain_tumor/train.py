@@ -501,7 +501,7 @@ def train_model(
         "tta_flip": cfg["tta_flip"],
         "split_manifest_sha256": manifest_sha256,
     }
-    with exclusive(model_path):
+    with exclusive(model_path) if rank == 0 else nullcontext():  # ranks > 0 write nothing
         resume = ResumeFile(model_path.with_suffix(".resume.pt"), run_fingerprint(cfg, manifest_sha256, cached, device))
         live_tmp = temporary_dir(live_dir.parent, live_dir.name) if rank == 0 else None
         try:

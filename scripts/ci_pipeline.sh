@@ -15,7 +15,8 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 [ -f dvc.lock ] && cp dvc.lock "$work/lock_before.yaml"
 
-if remote="$(dvc remote default 2>/dev/null)" && [ -n "$remote" ]; then
+remote="$(dvc remote default 2>/dev/null)" || remote=""  # exit 1 and a message when there is none
+if [ -n "$remote" ]; then
   mode="remote '$remote'"
   dvc repro --pull 2>&1 | tee "$work/repro.log"
 else
@@ -30,9 +31,9 @@ status=0
 python scripts/ci_report.py --before "$work/lock_before.yaml" --after dvc.lock --log "$work/repro.log" \
   --base-rev "$base_rev" --mode "$mode" "${strict[@]}" > "$summary" || status=$?
 
-if [ -n "${remote:-}" ] && [ "${CI_PUSH:-1}" != "0" ]; then
+if [ -n "$remote" ] && [ "${CI_PUSH:-1}" != "0" ]; then
   dvc push --run-cache
-elif [ -n "${remote:-}" ]; then
+elif [ -n "$remote" ]; then
   echo "notice: CI_PUSH=0 (read-only, e.g. a pull request from a fork): results not pushed" | tee -a "$summary"
 fi
 cat "$summary"

@@ -157,7 +157,7 @@ def test_every_stage_refuses_bad_params_before_any_work(ws, stage):
     ws.params["train_scratch"]["epochs"] = 0
     ws.write_params()
     result = ws.run(stage)
-    assert_one_error(result, "params.yaml: train_scratch.epochs: 0 is not allowed (expected an integer >= 1)")
+    assert_one_error(result, "params.yaml: train_scratch.epochs: 0 is not allowed (expected an integer >= 1 and <= 10000)")
     assert sorted(p.name for p in ws.root.iterdir()) == ["data", "params.yaml"] and not ws.leftovers()
 
 
@@ -450,6 +450,20 @@ def test_cache_entry_of_another_shape_is_rebuilt(tmp_path, capfd):
     cached_array(entry, (4, 3), np.float32, lambda a: a.fill(1))
     assert cached_array(entry, (5, 3), np.float32, lambda a: a.fill(2)).shape == (5, 3)
     assert "holds <f4 [4, 3], expected <f4 [5, 3]" in capfd.readouterr().err
+
+
+def test_swapped_cache_entries_of_the_same_shape_are_rebuilt_not_used(tmp_path, capfd):
+    """Each entry knows which images it holds (its key), not only its shape and bytes: two entries swapped
+    (say the val and test splits' decoded images) are both rebuilt, never served for each other."""
+    val, test = tmp_path / "val-32px-aaaa", tmp_path / "test-32px-bbbb"
+    cached_array(val, (4, 3), np.float32, lambda a: a.fill(1))
+    cached_array(test, (4, 3), np.float32, lambda a: a.fill(2))
+    val.rename(tmp_path / "swap")
+    test.rename(val)
+    (tmp_path / "swap").rename(test)
+    assert np.all(cached_array(val, (4, 3), np.float32, lambda a: a.fill(1)) == 1)
+    assert np.all(cached_array(test, (4, 3), np.float32, lambda a: a.fill(2)) == 2)
+    assert capfd.readouterr().err.count("(renamed or swapped); rebuilding it") == 2
 
 
 def test_cache_key_covers_the_producing_code():

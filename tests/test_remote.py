@@ -100,7 +100,7 @@ def origin(baseline_repo, tmp_path_factory, s3_endpoint):
     results[OTHER_LR] = test_metrics(repo)
     for remote in REMOTES:
         sh(["dvc", "push", "--run-cache", "-r", remote], repo)
-    sh(["git", "checkout", "params.yaml"], repo)
+    sh(["git", "checkout", "params.yaml", "dvc.lock"], repo)  # back to the baseline, which is committed
     sh(["dvc", "checkout"], repo)
     sh(["git", "commit", "-qam", "remotes"], repo)
     return repo, results, storage
