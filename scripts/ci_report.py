@@ -58,9 +58,10 @@ def why(name: str, before: dict, after: dict) -> tuple[str, bool]:
 
 def metrics_diff(base_rev: str) -> str:
     """`dvc metrics diff` against `base_rev` as a markdown table, rows sorted by file and key."""
-    result = subprocess.run(["dvc", "metrics", "diff", base_rev, "--json"], check=False, capture_output=True, text=True)
+    command = ["dvc", "metrics", "diff", base_rev, "--all", "--json"]  # --all: unchanged rows too
+    result = subprocess.run(command, check=False, capture_output=True, text=True)
     diff = json.loads(result.stdout or "{}") if result.returncode == 0 else {}
-    if not diff:
+    if not any(row.get("old") is not None for rows in diff.values() for row in rows.values()):
         return f"No metrics at `{base_rev}` to compare with (first run, or the base has no pipeline outputs).\n"
     lines = ["| file | key | " + base_rev + " | this run | change |", "|---|---|---|---|---|"]
     for path in sorted(diff):
