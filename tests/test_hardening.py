@@ -265,6 +265,7 @@ def test_unusable_sources_are_one_line_errors(ws, tmp_path, make, needles):
     assert not (ws.root / "data" / "dataset").exists() and not ws.leftovers()
 
 
+@pytest.mark.slow
 def test_evaluate_without_its_inputs_is_one_line(ws):
     (ws.root / "models").mkdir()
     (ws.root / "models" / "scratch.pt").write_bytes(b"PK\x03\x04" + os.urandom(5000))

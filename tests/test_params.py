@@ -173,5 +173,5 @@ def test_small_anchors_aliases_and_merge_keys_still_load(tmp_path):
     text = text[: text.index("train_transfer:")] + transfer + text[text.index("\nevaluate:") :]
     (tmp_path / "params.yaml").write_text(text)
     params = load_params(tmp_path / "params.yaml")
-    assert params["train_transfer"] == PARAMS["train_transfer"] | {"image_size": 224}
+    assert params["train_transfer"] == PARAMS["train_scratch"] | {"head": "linear", "unfreeze_last": 0}
     assert params["split"]["seed"] == PARAMS["data"]["synthetic"]["seed"]

@@ -26,6 +26,7 @@ def split_dir(tmp_path, tiny_params, monkeypatch):
     return tmp_path / "split"
 
 
+@pytest.mark.slow
 def test_images_are_decoded_once_into_a_keyed_cache(split_dir, tmp_path):
     first = load_split(split_dir, "train", 32)
     cached = sorted((tmp_path / "cache").glob("train-32px-*"))
