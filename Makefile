@@ -26,11 +26,12 @@ endif
 repro: setup
 	dvc repro
 
+# every core: most of the time is processes starting (dvc, stage scripts), which run side by side
 test: setup
-	python -m pytest
+	python -m pytest -n auto --dist loadscope
 
 test-fast: setup
-	python -m pytest -m "not e2e and not slow"
+	python -m pytest -n auto --dist loadscope -m "not e2e and not slow"
 
 lint: setup
 	ruff check .
