@@ -30,15 +30,21 @@ def target_layer(model: nn.Module) -> nn.Module:
 def heatmaps(model: nn.Module, x: np.ndarray, classes: Sequence[int]) -> np.ndarray:
     """Grad-CAM of `classes[i]` for each normalised NCHW image: N x H x W in [0, 1], at the input's size.
 
-    The input requires grad, so gradients reach the target layer even through a frozen backbone.
+    The input requires grad, so gradients reach the target layer even through a frozen backbone. A model
+    that averages over the mirror (tta) is explained on the scan as it is, in one pass: the target layer
+    must see the scan once, not the scan and then its mirror image.
     """
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     model.eval()
+    tta, model.tta = getattr(model, "tta", False), False
     inputs = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_(True)
-    with torch.inference_mode(False), torch.enable_grad(), GradCAM(model, [target_layer(model)]) as cam:
-        maps = cam(inputs, [ClassifierOutputTarget(int(c)) for c in classes])
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), GradCAM(model, [target_layer(model)]) as cam:
+            maps = cam(inputs, [ClassifierOutputTarget(int(c)) for c in classes])
+    finally:
+        model.tta = tta
     model.zero_grad(set_to_none=True)
     return maps
 

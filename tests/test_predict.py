@@ -193,3 +193,19 @@ def test_gallery_is_one_png(tiny, tmp_path):
     p = evaluate_predict(model.network, test.images, 16)
     explain.gallery(model.network, np.asarray(test.images), test.labels, p, 0.5, tmp_path / "g.png", 3, 2)
     assert Image.open(tmp_path / "g.png").size[0] > 400
+
+
+def test_grad_cam_of_a_flip_averaging_model_explains_the_scan_as_it_is():
+    """With tta the model runs the scan and its mirror; Grad-CAM must show the scan's own map (the one the
+    model without tta gives), and leave the model's tta setting as it was."""
+    import torch
+
+    from brain_tumor.models import ScratchCNN
+
+    torch.manual_seed(0)
+    model = ScratchCNN(32)
+    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    plain = explain.heatmaps(model, x, [1, 0])
+    model.tta = True
+    assert np.allclose(explain.heatmaps(model, x, [1, 0]), plain) and model.tta  # and the flag is restored
+    assert not np.allclose(plain, plain[:, :, ::-1])  # the map is not mirror-symmetric to begin with
