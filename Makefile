@@ -57,6 +57,7 @@ bench: setup
 	python benchmarks/ingest_split.py
 	python benchmarks/training.py
 	python benchmarks/latency.py
+	python benchmarks/numerics.py
 
 clean:
 	rm -rf data/dataset data/split data/cache models reports dvc_plots
