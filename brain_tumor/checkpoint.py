@@ -8,7 +8,6 @@ error line, never a silently wrong metric.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import torch
@@ -38,12 +37,6 @@ def save_checkpoint(saved: dict, path: Path) -> None:
     and a temporary file's name holds the pid, so the same model would hash differently on every run."""
     with open(path, "wb") as f:
         torch.save(saved, f)
-
-
-def checkpoint_bytes(saved: dict) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(saved, buffer)
-    return buffer.getvalue()
 
 
 def build_network(meta: dict) -> nn.Module:

@@ -23,6 +23,7 @@ import random
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from torch import nn
 
 from . import data as data_module
 from . import models as models_module
-from .checkpoint import checkpoint_bytes
+from .checkpoint import save_checkpoint
 from .console import progress
 from .data import MEAN, STD, SplitImages, batch_indices, cached_array, code_fingerprint, load_split, to_input
 from .errors import PipelineError
@@ -239,14 +240,27 @@ class RunState:
 
 
 class ResumeFile:
-    """The training state beside the model (`models/<kind>.resume.pt`), written atomically after each epoch.
+    """The training state beside the model (`models/<kind>.resume.pt`), written atomically after an epoch.
 
     It is used only by a run with the same inputs (`fingerprint`: params, split, code, library versions);
-    anything else starts afresh. The finished run removes it.
+    anything else starts afresh. The finished run removes it. Writing it is not free (the scratch CNN's state
+    with Adam's moments and the best epoch's weights is 1.6 GB, about 10 s here), so it is written after the
+    first epoch and then whenever the training since the last write took at least SPEND times as long as that
+    write: resuming costs at most 1/SPEND of the run, and a kill loses at most about SPEND writes' worth of
+    training. Which epochs are saved never changes the result: a resumed run ends byte-identical anyway.
     """
+
+    SPEND = 10
 
     def __init__(self, path: Path, fingerprint: str):
         self.path, self.fingerprint = path, fingerprint
+        self.last_write_s = 0.0  # how long the last write took
+        self.since_write_s = 0.0  # training time since then
+
+    def due(self, epoch: int, seconds: float) -> bool:
+        """Whether to write after `epoch`, which took `seconds`."""
+        self.since_write_s += seconds
+        return epoch == 1 or self.since_write_s >= self.SPEND * self.last_write_s
 
     def load(self) -> dict | None:
         if not self.path.is_file():
@@ -261,8 +275,9 @@ class ResumeFile:
         return saved
 
     def save(self, saved: dict) -> None:
-        blob = checkpoint_bytes(saved | {"fingerprint": self.fingerprint})
-        atomic_write(self.path, lambda p: p.write_bytes(blob))
+        started = time.perf_counter()
+        atomic_write(self.path, lambda p: save_checkpoint(saved | {"fingerprint": self.fingerprint}, p))
+        self.last_write_s, self.since_write_s = time.perf_counter() - started, 0.0
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -335,6 +350,7 @@ def fit(
                 on_epoch(done, tr, va, va.loss < best, True)
                 best = min(best, va.loss)
     for epoch in range(state.epoch + 1, cfg["epochs"] + 1):
+        started = time.perf_counter()
         desc = f"epoch {epoch}/{cfg['epochs']}"
         train_stats = run_epoch(
             net, train, cfg["batch_size"], device, amp, optimizer, generators["shuffle"], desc,
@@ -354,7 +370,8 @@ def fit(
             state.best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
         if rank == 0:
             on_epoch(epoch, train_stats, val_stats, is_best, False)
-            if resume is not None:
+            last = epoch == cfg["epochs"]  # the model is written next: nothing to resume
+            if resume is not None and not last and resume.due(epoch, time.perf_counter() - started):
                 resume.save(
                     {
                         "epoch": state.epoch,
@@ -522,8 +539,7 @@ def train_model(
             )
             if rank == 0:
                 saved = {"state_dict": state.best_state, "meta": meta | state.best}
-                blob = checkpoint_bytes(saved)
-                atomic_write(model_path, lambda p: p.write_bytes(blob))
+                atomic_write(model_path, lambda p: save_checkpoint(saved, p))
                 live.summary["best"] = state.best
                 live.end()
                 replace_dir(live_tmp, live_dir)
