@@ -12,6 +12,8 @@ import pytest
 import yaml
 from conftest import PROJECT, STAGE_NAMES, copy_of, executed_stages, sh, venv_env
 
+from brain_tumor.params import read_yaml
+
 pytestmark = pytest.mark.e2e
 MODELS = ("scratch", "transfer")
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
@@ -247,12 +249,15 @@ def test_other_files_under_data_raw_do_not_reach_dvc(project_repo):
 
 def test_committed_lock_matches_the_committed_code_and_params():
     """The project's own dvc.lock records the code and params now in the repository (no stale lock)."""
-    lock = yaml.safe_load((PROJECT / "dvc.lock").read_text())["stages"]
-    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    lock = read_yaml(PROJECT / "dvc.lock")["stages"]  # YAML 1.2, as DVC writes it: `- yes` is a string
+    params = read_yaml(PROJECT / "params.yaml")
     for name, stage in lock.items():
         for dep in stage["deps"]:
             path = PROJECT / dep["path"]
             if path.suffix == ".py":
                 assert md5(path) == dep["md5"], f"{name}: {dep['path']} changed since dvc.lock was written"
-        for section, values in stage.get("params", {}).get("params.yaml", {}).items():
-            assert params[section] == values, f"{name}: params.{section} changed since dvc.lock was written"
+        for dotted, values in stage.get("params", {}).get("params.yaml", {}).items():
+            current = params
+            for key in dotted.split("."):  # a section (`evaluate`) or one param (`data.source`)
+                current = current[key]
+            assert current == values, f"{name}: params.{dotted} changed since dvc.lock was written"
