@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import copy_of, executed_stages, sh, venv_env
+from conftest import copy_of, executed_stages, make_tiny_params, sh, venv_env
 
 pytestmark = pytest.mark.e2e
-BASELINE_LR, OTHER_LR, NEW_LR = 0.0001, 0.01, 0.003
+BASELINE_LR = make_tiny_params()["train_transfer"]["lr"]  # the committed value
+OTHER_LR, NEW_LR = 0.01, 0.003
 REMOTES = ("local", "s3")
 
 
@@ -131,7 +132,7 @@ def test_without_lock_the_run_cache_restores_everything(clone, origin):
     assert test_metrics(clone) == origin[1][BASELINE_LR]
 
 
-@pytest.mark.parametrize("clone", ["local"], indirect=True)
+@pytest.mark.parametrize("clone", ["s3"], indirect=True)
 def test_param_changed_and_back_is_restored_and_a_new_one_runs_its_stages(clone, origin):
     set_lr(clone, OTHER_LR)  # run in origin and pushed, not committed
     executed, summary = ci(clone)
