@@ -7,7 +7,6 @@ card cannot disagree with the metric files. No timestamps or absolute paths: the
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import pandas as pd
 
 from .errors import PipelineError
 from .labels import CLASSES, SPLITS
-from .outputs import atomic_write
+from .outputs import atomic_write, file_sha256
 from .params import read_yaml
 
 LEAKAGE_LEVELS = (0.95, 0.90, 0.85)  # train_similarity: the same slice re-processed ... a neighbouring slice
@@ -43,11 +42,6 @@ class CardInputs:
     calibration: dict[str, dict]  # as in metrics/evaluate/calibration.json
     mistakes: dict[str, pd.DataFrame]  # per model: id, true class, subtype, p_tumor
     figures_dir: Path  # reports/evaluate
-
-
-def file_digest(path: Path, algorithm: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, algorithm).hexdigest()
 
 
 def number(value: float | None) -> str:
@@ -127,8 +121,8 @@ def model_facts(m: ModelFile) -> dict[str, str]:
     point = m.operating_point
     return {
         "file": f"`{m.path.as_posix()}`",
-        "md5 (as in dvc.lock)": f"`{file_digest(m.path, 'md5')}`",
-        "sha256": f"`{file_digest(m.path, 'sha256')}`",
+        "md5 (as in dvc.lock)": f"`{file_sha256(m.path, 'md5')}`",
+        "sha256": f"`{file_sha256(m.path)}`",
         "kind": m.meta["kind"],
         "image size": f"{m.meta['image_size']} px",
         "epochs run / best epoch": f"{m.training.get('epochs', '?')} / {m.meta['epoch']}",

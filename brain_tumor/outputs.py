@@ -23,9 +23,10 @@ import pandas as pd
 TMP_PREFIX = ".tmp-"  # temporary outputs: `.tmp-<pid>-<name>...` next to their target (gitignored)
 
 
-def file_sha256(path: str | Path) -> str:
+def file_sha256(path: str | Path, algorithm: str = "sha256") -> str:
+    """The file's digest, sha256 unless `algorithm` says otherwise (md5: the hash dvc.lock records)."""
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
 
 
 # ---------------------------------------------------------------- temporary outputs next to their target

@@ -267,7 +267,7 @@ class ResumeFile:
             return None
         try:
             saved = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception:  # a file cut short by a kill mid-write cannot be: writes are atomic; anything else
+        except Exception:  # writes are atomic, so not a torn file: a foreign or damaged one; start afresh
             saved = None
         if not isinstance(saved, dict) or saved.get("fingerprint") != self.fingerprint:
             print(f"{self.path}: from another run (other params, data or code); starting afresh", flush=True)
