@@ -28,10 +28,10 @@ repro: setup
 
 # every core: most of the time is processes starting (dvc, stage scripts), which run side by side
 test: setup
-	python -m pytest -n auto --dist loadscope
+	python -m pytest -n auto --dist load
 
 test-fast: setup
-	python -m pytest -n auto --dist loadscope -m "not e2e and not slow"
+	python -m pytest -n auto --dist load -m "not e2e and not slow"
 
 lint: setup
 	ruff check .

@@ -4,11 +4,16 @@ Baseline (the seed notebook's loop): torchvision ImageFolder + DataLoader, JPEG/
 Normalize on every image in every epoch, the full model forward every epoch, batch 16, Adam 1e-4, 20
 epochs, best by validation loss. (Unlike the seed, its frozen backbone keeps BatchNorm in eval mode and
 validation runs in eval mode, so that both sides train the same model and accuracies are comparable.)
+It runs as the notebook ran, with torch's defaults: none of the package's process settings (reproducible
+mode's instruction-set cap and thread count, huge-page allocations).
 Ours: `brain_tumor.train.train_model`, the code of the train-* stages, with an empty cache, so decoding and the
 feature pass are paid inside the measured time.
 
-Each run happens in its own process, so its peak RSS is its own. Also prints the raw MobileNetV2
-feature throughput of this machine, to compare our feature pass against.
+Both sides are timed from the start of training (model built, data read) to the best weights in memory
+(ours: written to disk, with the DVCLive report); the test accuracy is computed afterwards, untimed. Each
+run happens in its own process, so its peak RSS is its own. Also prints the raw MobileNetV2 feature
+throughput of this machine, to compare our feature pass against, and for the scratch CNN the memory-traffic
+bound of one Adam step.
 
 Usage: python benchmarks/training.py [--split data/split] [--images 600] [--models scratch,transfer]
 """
@@ -63,8 +68,9 @@ class SeededBatches:
         return (self.n + self.batch_size - 1) // self.batch_size
 
 
-def seed_style(kind: str, params: dict, split_dir: Path) -> float:
-    """The seed notebook's training loop; returns test accuracy of the best-by-validation-loss weights."""
+def seed_style(kind: str, params: dict, split_dir: Path) -> tuple[float, float]:
+    """The seed notebook's training loop: (test accuracy of the best-by-validation-loss weights, seconds)."""
+    started = time.perf_counter()
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
@@ -104,18 +110,53 @@ def seed_style(kind: str, params: dict, split_dir: Path) -> float:
         if val_loss < best:
             best, best_state = val_loss, {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
+    seconds = time.perf_counter() - started
     model.eval()
     with torch.no_grad():
         correct = sum((model(x).argmax(1) == y).sum().item() for x, y in loaders["test"])
-    return correct / len(loaders["test"].dataset)
+    return correct / len(loaders["test"].dataset), seconds
 
 
-def ours(kind: str, params: dict, split_dir: Path, work: Path) -> float:
+def ours(kind: str, params: dict, split_dir: Path, work: Path) -> tuple[float, float]:
+    """Our train-* stage's code: (test accuracy of the model it wrote, seconds)."""
     os.environ["BRAIN_TUMOR_CACHE"] = str(work / "cache")
+    started = time.perf_counter()
     train.train_model(kind, params, split_dir, work / f"{kind}.pt", work / f"live_{kind}")
+    seconds = time.perf_counter() - started
     model, meta = load_trained(work / f"{kind}.pt")
     test = load_split(split_dir, "test", meta["image_size"])
-    return float(((predict(model, test.images, 64) >= 0.5) == test.labels).mean())
+    return float(((predict(model, test.images, 64) >= 0.5) == test.labels).mean()), seconds
+
+
+def best_time(fn, repeats: int) -> float:
+    """The fastest of `repeats` calls, in seconds (as STREAM reports: the least disturbed run)."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def adam_step_bound(image_size: int, repeats: int = 10) -> dict:
+    """The scratch CNN's fused Adam step (the fastest of `repeats`) against the memory-traffic bound of one
+    step: Adam reads parameters, gradients and both moments and writes parameters and moments, 7 x 4 bytes
+    per parameter, at the machine's streaming bandwidth for that access pattern (in place `a += b` over
+    1 GiB tensors: 3 x 4 bytes per element, with no write-allocate reads since `a` is read anyway)."""
+    model = train.build_model("scratch", {"image_size": image_size, "tta_flip": False})
+    parameters = list(model.parameters())
+    count = sum(p.numel() for p in parameters)
+    for p in parameters:
+        p.grad = torch.randn_like(p)
+    optimizer = torch.optim.Adam(parameters, lr=1e-4, fused=True)
+    source = torch.ones(2**28)
+    target = torch.zeros_like(source)
+    for _ in range(2):  # first touch of the moments and the target, outside the timing
+        optimizer.step()
+        target.add_(source)
+    bandwidth = 12 * source.numel() / best_time(lambda: target.add_(source), repeats)
+    step_s = best_time(optimizer.step, repeats)
+    return {"parameters": count, "bandwidth": bandwidth, "bound_s": 28 * count / bandwidth, "step_s": step_s}
 
 
 def raw_backbone_throughput(image_size: int, batch: int = 64, repeats: int = 3) -> float:
@@ -140,8 +181,14 @@ def feature_pass(params: dict, split_dir: Path, work: Path, precision: str) -> t
     model = train.build_model("transfer", cfg).to(memory_format=torch.channels_last)
     device = torch.device("cpu")
     start = time.perf_counter()
-    features = train.prefix_views(model, images, 1, 64, device, train.autocast_dtype(precision, device))
+    features = train.prefix_views(model, images, 1, train.PREFIX_BATCH, device, train.autocast_dtype(precision, device))
     return len(images.labels) / (time.perf_counter() - start), np.array(features)
+
+
+TORCH_DEFAULTS = {  # the seed notebook's process: none of the package's settings (brain_tumor/numerics.py)
+    "BRAIN_TUMOR_REPRODUCIBLE": "0", "THP_MEM_ALLOC_ENABLE": "0", "ONEDNN_MAX_CPU_ISA": None,
+    "ATEN_CPU_CAPABILITY": None, "MKL_CBWR": None, "OMP_NUM_THREADS": None, "MKL_NUM_THREADS": None,
+}  # fmt: skip
 
 
 def _child(queue, fn, args):
@@ -150,11 +197,24 @@ def _child(queue, fn, args):
     queue.put((result, time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
 
-def measure(fn, *args):
-    """Run fn(*args) in a fresh process: (result, wall seconds, peak RSS MiB of that process)."""
-    queue = mp.get_context("fork").Queue()
-    proc = mp.get_context("fork").Process(target=_child, args=(queue, fn, args))
-    proc.start()
+def measure(fn, *args, env: dict | None = None):
+    """Run fn(*args) in a fresh process: (result, wall seconds, peak RSS MiB of that process). With `env`
+    (None deletes a variable) the process is a new interpreter started with that environment, since torch
+    reads these settings once, when it loads."""
+    context = mp.get_context("spawn" if env is not None else "fork")
+    saved = dict(os.environ)
+    for name, value in (env or {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    try:
+        queue = context.Queue()
+        proc = context.Process(target=_child, args=(queue, fn, args))
+        proc.start()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     out = queue.get()
     proc.join()
     return out
@@ -194,14 +254,25 @@ def main() -> None:
         for kind in args.models.split(","):
             cfg = params[f"train_{kind}"]
             per_epoch = counts["train"] + counts["val"]
-            our_acc, our_s, our_rss = measure(ours, kind, params, tmp / "split", tmp / kind)
+            (our_acc, our_s), _, our_rss = measure(ours, kind, params, tmp / "split", tmp / kind)
             print(
                 f"{kind}: ours       {our_s:.1f} s ({per_epoch * cfg['epochs'] / our_s:.1f} img/s), "
                 f"peak RSS {our_rss:.0f} MiB, test acc {our_acc:.4f}",
                 flush=True,
             )
+            if kind == "scratch":
+                adam, _, _ = measure(adam_step_bound, cfg["image_size"])
+                steps = cfg["epochs"] * -(-counts["train"] // cfg["batch_size"])
+                print(
+                    f"scratch: {adam['parameters'] / 1e6:.1f}M parameters; streaming bandwidth "
+                    f"{adam['bandwidth'] / 1e9:.1f} GB/s; fused Adam step {1e3 * adam['step_s']:.0f} ms vs its "
+                    f"memory-traffic bound {1e3 * adam['bound_s']:.0f} ms ({adam['bound_s'] / adam['step_s']:.0%}); "
+                    f"our whole training step {1e3 * our_s / steps:.0f} ms on average ({steps} steps, "
+                    f"validation and set-up included)",
+                    flush=True,
+                )
             if args.baseline:
-                base_acc, base_s, base_rss = measure(seed_style, kind, params, tmp / "split")
+                (base_acc, base_s), _, base_rss = measure(seed_style, kind, params, tmp / "split", env=TORCH_DEFAULTS)
                 print(
                     f"{kind}: seed-style {base_s:.1f} s ({per_epoch * cfg['epochs'] / base_s:.1f} img/s), "
                     f"peak RSS {base_rss:.0f} MiB, test acc {base_acc:.4f}"

@@ -32,7 +32,13 @@ def threads() -> int:
 
 
 def configure() -> None:
-    """Set the instruction-set caps and thread counts before torch reads them (a user's own setting wins)."""
+    """Set the instruction-set caps and thread counts before torch reads them (a user's own setting wins).
+
+    Also, in either mode, large CPU tensors on transparent huge pages (where the kernel allows them on
+    request): the scratch CNN's 411 MB weight gradient is freed and allocated again every step, and with
+    4 KB pages that cost a quarter of the step in page faults. Speed only; the bytes are the same.
+    """
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     if not reproducible():
         return
     for name, value in CAPS.items():

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -106,19 +108,74 @@ def project_repo(tmp_path: Path, tiny_params: dict) -> Path:
     return init_project_repo(tmp_path, tiny_params)
 
 
+ONE_WORKER = ("tests/test_remote.py",)  # their tests share one S3 server and one origin: one worker runs them
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """With `-n N --dist load` (as `make test` runs), each test goes to whichever worker is free, except the
+    tests of the ONE_WORKER modules, which go to one worker as one unit. (xdist's own `loadgroup` does this
+    with marks, but under pytest 9 it ignores them: it renames `item._nodeid`, which pytest 9 no longer reads.)
+    """
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LoadWithModuleUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER else nodeid
+
+    return LoadWithModuleUnits(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Order the run for the workers: one test that needs the reproduced baseline first, so that one worker
+    builds it while the others run every test that does not need it; then the ONE_WORKER tests (the longest
+    unit, so it starts early); then the other tests that need the baseline."""
+    needs = [item for item in items if "baseline_repo" in getattr(item, "fixturenames", ())]
+    if not needs:
+        return
+    grouped = [item for item in needs[1:] if item.nodeid.split("::", 1)[0] in ONE_WORKER]
+    rest = [item for item in needs[1:] if item.nodeid.split("::", 1)[0] not in ONE_WORKER]
+    others = [item for item in items if "baseline_repo" not in getattr(item, "fixturenames", ())]
+    items[:] = needs[:1] + others + grouped + rest
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder `build` fills once per test session, shared by every pytest-xdist worker: the first worker
+    to ask builds it while the others wait for it (rather than each building its own copy on the same cores).
+    Tests must not change it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's own
+    folder, built = root / name, root / f"{name}.built"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not built.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed attempt left
+            folder.mkdir()
+            build(folder)
+            built.touch()
+    return folder
+
+
+def reproduce_baseline(folder: Path) -> None:
+    repo = init_project_repo(folder, make_tiny_params())
+    result = sh(["dvc", "repro"], repo)
+    assert executed_stages(result.stdout) == STAGE_NAMES
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "commit", "-qm", "baseline"], repo)
+    (repo / "repro.log").write_text(result.stdout)  # untracked: what the first run printed
+
+
 @pytest.fixture(scope="session")
 def baseline_repo(tmp_path_factory) -> Path:
     """The tiny pipeline reproduced once per test session and committed with its dvc.lock (no remote).
 
     Tests never change it: they copy it (`copy_of`), which is much cheaper than reproducing it again.
     """
-    repo = init_project_repo(tmp_path_factory.mktemp("baseline"), make_tiny_params())
-    result = sh(["dvc", "repro"], repo)
-    assert executed_stages(result.stdout) == STAGE_NAMES
-    sh(["git", "add", "-A"], repo)
-    sh(["git", "commit", "-qm", "baseline"], repo)
-    (repo / "repro.log").write_text(result.stdout)  # untracked: what the first run printed
-    return repo
+    return built_once(tmp_path_factory, "baseline", reproduce_baseline) / "repo"
 
 
 def copy_of(repo: Path, target: Path) -> Path:

@@ -10,12 +10,12 @@ import onnx
 import pandas as pd
 import pytest
 from conftest import truncated_jpeg, venv_env
-from test_predict import TRANSFER_THRESHOLD, build_tiny_models
+from test_predict import TRANSFER_THRESHOLD, tiny  # noqa: F401 (tiny: a fixture)
 
 from brain_tumor.cli import main
 from brain_tumor.data import load_split
 from brain_tumor.evaluate import predict as evaluate_predict
-from brain_tumor.export import PARITY_TOLERANCE, export_models
+from brain_tumor.export import PARITY_TOLERANCE
 from brain_tumor.inference import normalise
 from brain_tumor.outputs import file_sha256
 from brain_tumor.predict import load_model
@@ -26,14 +26,9 @@ KINDS = ("scratch", "transfer")
 
 
 @pytest.fixture
-def exported(tmp_path_factory, tiny_params, monkeypatch) -> Path:
-    """The tiny models of test_predict.py, exported once per session."""
-    base = tmp_path_factory.getbasetemp() / "tiny-models"
-    monkeypatch.setenv("BRAIN_TUMOR_CACHE", str(base / "cache"))
-    build_tiny_models(base, tiny_params)
-    if not (base / "models" / "transfer.onnx").exists():
-        export_models({kind: base / "models" / f"{kind}.pt" for kind in KINDS})
-    return base
+def exported(tiny: Path) -> Path:  # noqa: F811 (the imported fixture, requested)
+    """The tiny models of test_predict.py, with their ONNX exports."""
+    return tiny
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -147,14 +147,17 @@ def test_repro_killed_during_training_resumes_to_the_committed_lock(baseline_rep
 
 def test_queued_sweep_finishes_runs_its_own_code_and_prints_a_narrow_table(baseline_repo, tmp_path):
     """One command queues the points, keeps a worker until none is left (dvc#10562) and prints the table; a
-    workspace edit made after queueing does not reach the queued experiments, which run their own copy."""
+    workspace edit made after queueing does not reach the queued experiments, which run their own copy.
+
+    The swept param is evaluate's seed, so that each point runs one stage: the queue is what is tested here,
+    and which stages a param re-runs is tested above."""
     repo = copy_of(baseline_repo, tmp_path / "repo")
-    points = ["0.001", "0.003"]
-    sh(["python", "scripts/sweep.py", "--queue-only", "-S", f"train_transfer.lr={','.join(points)}"], repo)
-    train = repo / "brain_tumor" / "train.py"
-    original = md5(train)
-    train.write_text(train.read_text() + '\nprint("EDITED WORKSPACE CODE")\n')
-    result = sh(["env", "COLUMNS=160", "python", "scripts/sweep.py", "--run-queued", "-S", "train_transfer.lr"], repo)
+    points = ["7", "8"]
+    sh(["python", "scripts/sweep.py", "--queue-only", "-S", f"evaluate.seed={','.join(points)}"], repo)
+    code = repo / "brain_tumor" / "evaluate.py"
+    original = md5(code)
+    code.write_text(code.read_text() + '\nprint("EDITED WORKSPACE CODE")\n')
+    result = sh(["env", "COLUMNS=160", "python", "scripts/sweep.py", "--run-queued", "-S", "evaluate.seed"], repo)
     assert "2 succeeded, 0 failed" in result.stderr
     rows = [line for line in result.stdout.splitlines() if line.strip()]
     assert max(len(line) for line in rows) <= 160 and rows[0].split()[:2] == ["experiment", "accuracy"]
@@ -165,7 +168,7 @@ def test_queued_sweep_finishes_runs_its_own_code_and_prints_a_narrow_table(basel
     runs = [rev for row in table for e in row.get("experiments") or [] for rev in e["revs"]]
     assert len(runs) == 2
     for run in runs:
-        assert run["data"]["deps"]["brain_tumor/train.py"]["hash"] == original  # the code its lock records ran
+        assert run["data"]["deps"]["brain_tumor/evaluate.py"]["hash"] == original  # the code its lock records ran
     logs = sh(["dvc", "queue", "logs", runs[0]["name"]], repo, check=False)
     assert "EDITED WORKSPACE CODE" not in logs.stdout + logs.stderr
 

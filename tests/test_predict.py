@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import save, scan, truncated_jpeg
+from conftest import built_once, save, scan, truncated_jpeg
 from PIL import Image
 
 from brain_tumor import explain, ingest, split, train
 from brain_tumor.cli import main
 from brain_tumor.data import load_split
 from brain_tumor.evaluate import predict as evaluate_predict
+from brain_tumor.export import export_models
 from brain_tumor.inference import model_input, write_threshold
 from brain_tumor.outputs import file_sha256
 from brain_tumor.predict import COLUMNS, load_model
@@ -25,14 +26,12 @@ THRESHOLDS = {"scratch": 0.5, "transfer": 0.3}  # what the evaluate stage would 
 TRANSFER_THRESHOLD = THRESHOLDS["transfer"]
 
 
-def build_tiny_models(base: Path, params: dict) -> Path:
-    """A tiny synthetic split, both models trained on it and their threshold files (as the evaluate stage
-    writes them), built once per session in `base`.
+def build_tiny_models(base: Path, params: dict) -> None:
+    """A tiny synthetic split in `base`, both models trained on it, their threshold files (as the evaluate
+    stage writes them) and their ONNX exports.
 
     The transfer model sees 64 px (MobileNetV2's last block is then 2x2, so Grad-CAM has a map to show).
     """
-    if (base / "models" / "scratch.threshold.json").exists():
-        return base
     params = params | {"train_transfer": params["train_transfer"] | {"image_size": 64}}
     ingest.build_dataset(params, base / "raw", base / "dataset", base / "ingest.json")
     split.split_dataset(params, base / "dataset", base / "split", base / "split.json", base / "people")
@@ -42,14 +41,14 @@ def build_tiny_models(base: Path, params: dict) -> Path:
         point = {"threshold": threshold, "target_sensitivity": 0.95}
         point |= {"validation_sensitivity": 1.0, "validation_specificity": 0.5}
         write_threshold(model, point, file_sha256(model))
-    return base
+    export_models({kind: base / "models" / f"{kind}.pt" for kind in THRESHOLDS})
 
 
 @pytest.fixture
 def tiny(tmp_path_factory, tiny_params, monkeypatch) -> Path:
-    base = tmp_path_factory.getbasetemp() / "tiny-models"
-    monkeypatch.setenv("BRAIN_TUMOR_CACHE", str(base / "cache"))
-    return build_tiny_models(base, tiny_params)
+    """The tiny models, built once per session (shared with test_export.py and every xdist worker)."""
+    monkeypatch.setenv("BRAIN_TUMOR_CACHE", str(tmp_path_factory.mktemp("cache")))
+    return built_once(tmp_path_factory, "tiny-models", lambda base: build_tiny_models(base, tiny_params))
 
 
 def split_test_images(tiny: Path) -> list[Path]:

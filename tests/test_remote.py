@@ -19,9 +19,12 @@ import pytest
 import yaml
 from conftest import copy_of, executed_stages, make_tiny_params, sh, venv_env
 
-pytestmark = pytest.mark.e2e
-BASELINE_LR = make_tiny_params()["train_transfer"]["lr"]  # the committed value
-OTHER_LR, NEW_LR = 0.01, 0.003
+pytestmark = pytest.mark.e2e  # one xdist worker runs this module (conftest.ONE_WORKER)
+# The param the scenarios change: evaluate's seed (the bootstrap intervals), so that a change re-runs one
+# stage; restoring and re-running work alike for every stage, and which stages a param re-runs is tested in
+# test_pipeline_e2e.py.
+BASELINE_SEED = make_tiny_params()["evaluate"]["seed"]  # the committed value
+OTHER_SEED, NEW_SEED = 1, 2
 REMOTES = ("local", "s3")
 
 
@@ -31,9 +34,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def s3_endpoint():
-    """moto's S3 server on loopback, with one bucket; stopped after the module."""
+    """moto's S3 server on loopback, with one bucket; stopped at the end of the session."""
     port = free_port()
     server = subprocess.Popen(
         ["moto_server", "-H", "127.0.0.1", "-p", str(port)],
@@ -57,9 +60,9 @@ def s3_endpoint():
         server.wait(timeout=30)
 
 
-def set_lr(repo: Path, lr: float) -> None:
+def set_seed(repo: Path, seed: int) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["train_transfer"]["lr"] = lr
+    params["evaluate"]["seed"] = seed
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -79,9 +82,10 @@ def ci(repo: Path, check: bool = True, **env: str) -> tuple[set[str], str]:
     return executed_stages(result.stdout), summary
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def origin(baseline_repo, tmp_path_factory, s3_endpoint):
-    """The baseline, with both remotes holding it and an lr experiment, pushed with their run-cache."""
+    """The baseline, with both remotes holding it and an experiment with another evaluate seed, pushed with
+    their run-cache."""
     repo = copy_of(baseline_repo, tmp_path_factory.mktemp("origin") / "repo")
     storage = tmp_path_factory.mktemp("storage")
     sh(["dvc", "remote", "add", "local", str(storage)], repo)
@@ -93,12 +97,12 @@ def origin(baseline_repo, tmp_path_factory, s3_endpoint):
         ("region", "us-east-1"),
     ):
         sh(["dvc", "remote", "modify", "s3", option, value], repo)
-    results = {BASELINE_LR: test_metrics(repo)}
+    results = {BASELINE_SEED: test_metrics(repo)}
     for remote in REMOTES:
         sh(["dvc", "push", "--run-cache", "-r", remote], repo)
-    set_lr(repo, OTHER_LR)
+    set_seed(repo, OTHER_SEED)
     sh(["dvc", "repro"], repo)
-    results[OTHER_LR] = test_metrics(repo)
+    results[OTHER_SEED] = test_metrics(repo)
     for remote in REMOTES:
         sh(["dvc", "push", "--run-cache", "-r", remote], repo)
     sh(["git", "checkout", "params.yaml", "dvc.lock"], repo)  # back to the baseline, which is committed
@@ -120,7 +124,7 @@ def clone(origin, tmp_path, request):
 def test_committed_lock_restores_everything_and_says_so(clone, origin):
     executed, summary = ci(clone)
     assert executed == set()
-    assert test_metrics(clone) == origin[1][BASELINE_LR]
+    assert test_metrics(clone) == origin[1][BASELINE_SEED]
     assert "| train-transfer | restored or unchanged |" in summary
     assert "| metrics/test/accuracy.json | transfer |" in summary  # the table, rows in a stable order
 
@@ -129,23 +133,23 @@ def test_committed_lock_restores_everything_and_says_so(clone, origin):
 def test_without_lock_the_run_cache_restores_everything(clone, origin):
     (clone / "dvc.lock").unlink()
     assert ci(clone)[0] == set()
-    assert test_metrics(clone) == origin[1][BASELINE_LR]
+    assert test_metrics(clone) == origin[1][BASELINE_SEED]
 
 
 @pytest.mark.parametrize("clone", ["s3"], indirect=True)
 def test_param_changed_and_back_is_restored_and_a_new_one_runs_its_stages(clone, origin):
-    set_lr(clone, OTHER_LR)  # run in origin and pushed, not committed
+    set_seed(clone, OTHER_SEED)  # run in origin and pushed, not committed
     executed, summary = ci(clone)
     assert executed == set(), summary
-    assert test_metrics(clone) == origin[1][OTHER_LR]
-    set_lr(clone, BASELINE_LR)
+    assert test_metrics(clone) == origin[1][OTHER_SEED]
+    set_seed(clone, BASELINE_SEED)
     executed, summary = ci(clone)
     assert executed == set(), summary
-    assert test_metrics(clone) == origin[1][BASELINE_LR]
-    set_lr(clone, NEW_LR)
+    assert test_metrics(clone) == origin[1][BASELINE_SEED]
+    set_seed(clone, NEW_SEED)
     executed, summary = ci(clone)
-    assert executed == {"train-transfer", "evaluate", "export"}  # ingest, split and train-scratch restored
-    assert "| train-transfer | **executed**: changed: param `train_transfer` |" in summary
+    assert executed == {"evaluate"}  # every other stage restored
+    assert "| evaluate | **executed**: changed: param `evaluate` |" in summary
 
 
 @pytest.mark.parametrize("clone", ["local"], indirect=True)
@@ -171,11 +175,11 @@ def test_a_lost_remote_object_is_reported_and_fails_strict_ci(clone, origin):
 def test_without_a_remote_ci_reproduces_locally_reports_and_pushes_nothing(baseline_repo, tmp_path):
     """A fresh fork: no remote, the DVC cache from actions/cache (here: the baseline's own cache)."""
     repo = copy_of(baseline_repo, tmp_path / "fork")
-    set_lr(repo, NEW_LR)
+    set_seed(repo, NEW_SEED)
     result = sh(["env", "BASE_REV=HEAD", "bash", "scripts/ci_pipeline.sh"], repo)
     assert "no default DVC remote" in result.stdout
     summary = (repo / "ci_summary.md").read_text()
     assert "## Pipeline (local cache only: no DVC remote configured)" in summary
-    assert executed_stages(result.stdout) == {"train-transfer", "evaluate", "export"}
+    assert executed_stages(result.stdout) == {"evaluate"}
     assert "| metrics/test/accuracy.json | transfer |" in summary
     assert "| ingest | restored or unchanged |" in summary
