@@ -53,9 +53,12 @@ sweep: setup
 release: setup
 	scripts/release.sh $(VERSION)
 
+# the training benchmark on a split of your data: make bench BENCH_SPLIT=<a reproduced data/split> BENCH_IMAGES=1000
+BENCH_SPLIT ?= data/split
+BENCH_IMAGES ?= 1000
 bench: setup
 	python benchmarks/ingest_split.py
-	python benchmarks/training.py
+	python benchmarks/training.py --split $(BENCH_SPLIT) --images $(BENCH_IMAGES)
 	python benchmarks/latency.py
 	python benchmarks/numerics.py
 

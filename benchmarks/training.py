@@ -15,7 +15,7 @@ run happens in its own process, so its peak RSS is its own. Also prints the raw 
 throughput of this machine, to compare our feature pass against, and for the scratch CNN the memory-traffic
 bound of one Adam step.
 
-Usage: python benchmarks/training.py [--split data/split] [--images 600] [--models scratch,transfer]
+Usage: python benchmarks/training.py [--split data/split] [--images 1000] [--models scratch,transfer]
 """
 
 import argparse
@@ -223,7 +223,7 @@ def measure(fn, *args, env: dict | None = None):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--split", type=Path, default=Path("data/split"))
-    ap.add_argument("--images", type=int, default=600, help="images taken from the split (all three parts)")
+    ap.add_argument("--images", type=int, default=1000, help="images taken from the split (all three parts)")
     ap.add_argument("--models", default="transfer,scratch")
     ap.add_argument(
         "--baseline",

@@ -38,6 +38,18 @@ def test_images_are_decoded_once_into_a_keyed_cache(split_dir, tmp_path):
     assert load_split(split_dir, "train", 48).key != first.key  # another size, another entry
 
 
+@pytest.mark.slow
+def test_the_prefix_cache_is_keyed_by_batch_size(split_dir, tiny_params, tmp_path):
+    """Kernels may round differently for another batch size, so another size is another entry, never a
+    stale one from the old size."""
+    cfg = tiny_params["train_transfer"] | {"unfreeze_last": 2}
+    model = train.build_model("transfer", cfg)
+    images = load_split(split_dir, "train", cfg["image_size"])
+    for batch in (train.PREFIX_BATCH, 3, train.PREFIX_BATCH):
+        train.prefix_views(model, images, 1, batch, torch.device("cpu"), None)
+    assert len(list((tmp_path / "cache").glob("prefix-*"))) == 2
+
+
 def trained_state(kind, params, split_dir, out: Path, **kw) -> dict:
     train.train_model(kind, params, split_dir, out / "model.pt", out / "live", **kw)
     return torch.load(out / "model.pt", weights_only=True)
