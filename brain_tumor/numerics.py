@@ -36,7 +36,7 @@ def configure() -> None:
 
     Also, in either mode, large CPU tensors on transparent huge pages (where the kernel allows them on
     request): the scratch CNN's 411 MB weight gradient is freed and allocated again every step, and with
-    4 KB pages that cost a quarter of the step in page faults. Speed only; the bytes are the same.
+    4 KB pages the page faults and unmapping cost about 15% of the step. Speed only; the bytes are the same.
     """
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     if not reproducible():
