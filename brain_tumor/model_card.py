@@ -16,7 +16,7 @@ import pandas as pd
 
 from .errors import PipelineError
 from .labels import CLASSES, SPLITS
-from .outputs import atomic_write, file_sha256
+from .outputs import atomic_write, file_digest, file_sha256
 from .params import read_yaml
 
 LEAKAGE_LEVELS = (0.95, 0.90, 0.85)  # train_similarity: the same slice re-processed ... a neighbouring slice
@@ -121,7 +121,7 @@ def model_facts(m: ModelFile) -> dict[str, str]:
     point = m.operating_point
     return {
         "file": f"`{m.path.as_posix()}`",
-        "md5 (as in dvc.lock)": f"`{file_sha256(m.path, 'md5')}`",
+        "md5 (as in dvc.lock)": f"`{file_digest(m.path, 'md5')}`",
         "sha256": f"`{file_sha256(m.path)}`",
         "kind": m.meta["kind"],
         "image size": f"{m.meta['image_size']} px",

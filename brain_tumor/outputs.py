@@ -23,10 +23,14 @@ import pandas as pd
 TMP_PREFIX = ".tmp-"  # temporary outputs: `.tmp-<pid>-<name>...` next to their target (gitignored)
 
 
-def file_sha256(path: str | Path, algorithm: str = "sha256") -> str:
-    """The file's digest, sha256 unless `algorithm` says otherwise (md5: the hash dvc.lock records)."""
+def file_digest(path: str | Path, algorithm: str) -> str:
+    """The file's hex digest by `algorithm` (md5 is the hash dvc.lock records)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, algorithm).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    return file_digest(path, "sha256")
 
 
 # ---------------------------------------------------------------- temporary outputs next to their target

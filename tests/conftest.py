@@ -111,6 +111,10 @@ def project_repo(tmp_path: Path, tiny_params: dict) -> Path:
 ONE_WORKER = ("tests/test_remote.py",)  # their tests share one S3 server and one origin: one worker runs them
 
 
+def on_one_worker(nodeid: str) -> bool:
+    return nodeid.split("::", 1)[0] in ONE_WORKER
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """With `-n N --dist load` (as `make test` runs), each test goes to whichever worker is free, except the
@@ -125,8 +129,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
     class LoadWithModuleUnits(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return module if module in ONE_WORKER else nodeid
+            return nodeid.split("::", 1)[0] if on_one_worker(nodeid) else nodeid
 
     return LoadWithModuleUnits(config, log)
 
@@ -138,9 +141,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     needs = [item for item in items if "baseline_repo" in getattr(item, "fixturenames", ())]
     if not needs:
         return
-    grouped = [item for item in needs[1:] if item.nodeid.split("::", 1)[0] in ONE_WORKER]
-    rest = [item for item in needs[1:] if item.nodeid.split("::", 1)[0] not in ONE_WORKER]
-    others = [item for item in items if "baseline_repo" not in getattr(item, "fixturenames", ())]
+    others = [item for item in items if item not in needs]
+    grouped = [item for item in needs[1:] if on_one_worker(item.nodeid)]
+    rest = [item for item in needs[1:] if not on_one_worker(item.nodeid)]
     items[:] = needs[:1] + others + grouped + rest
 
 
