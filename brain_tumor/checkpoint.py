@@ -8,13 +8,16 @@ error line, never a silently wrong metric.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .errors import PipelineError, one_line
-from .models import ScratchCNN, TransferNet
+from .labels import CLASSES
+from .models import build_network
+from .params import SCHEMA, Invalid
 
 KINDS = ("scratch", "transfer")
 META_TYPES = {  # the record every model file carries, and the type of each entry
@@ -25,11 +28,14 @@ META_TYPES = {  # the record every model file carries, and the type of each entr
     "std": list,
     "head": str,
     "unfreeze_last": int,
+    "tta_flip": bool,  # flip averaging in eval mode: part of what the model computes
+    "precision": str,  # what training ran in (fp32 or bf16): how closely evaluate must repeat its figures
     "epoch": int,
     "val_loss": float,
     "val_accuracy": float,
     "split_manifest_sha256": str,
 }
+PRECISIONS = ("fp32", "bf16")
 
 
 def save_checkpoint(saved: dict, path: Path) -> None:
@@ -39,23 +45,53 @@ def save_checkpoint(saved: dict, path: Path) -> None:
         torch.save(saved, f)
 
 
-def build_network(meta: dict) -> nn.Module:
-    if meta["kind"] == "scratch":
-        return ScratchCNN(int(meta["image_size"]))
-    return TransferNet(meta["head"], int(meta["image_size"]), int(meta["unfreeze_last"]))
+def _typed(value: object, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, kind) or (kind is float and isinstance(value, int))
+
+
+def _bounded(meta: dict) -> str | None:
+    """What is out of range in a well-typed record (the params schema's bounds, before anything is allocated
+    from it), or None."""
+    spec = SCHEMA[f"train_{meta['kind']}"]
+    checks = {
+        "image_size": lambda v: _parses(spec["image_size"], v),
+        "unfreeze_last": lambda v: meta["kind"] == "scratch" or _parses(spec["unfreeze_last"], v),
+        "head": lambda v: meta["kind"] == "scratch" or _parses(spec["head"], v),
+        "precision": lambda v: v in PRECISIONS,
+        "classes": lambda v: v == list(CLASSES),
+        "mean": lambda v: len(v) == 3 and all(_typed(x, float) and math.isfinite(x) for x in v),
+        "std": lambda v: len(v) == 3 and all(_typed(x, float) and math.isfinite(x) and x > 0 for x in v),
+        "epoch": lambda v: v >= 1,
+        "val_loss": lambda v: math.isfinite(v) and v >= 0,
+        "val_accuracy": lambda v: 0 <= v <= 1,
+    }
+    return next((key for key, ok in checks.items() if not ok(meta[key])), None)
+
+
+def _parses(spec, value: object) -> bool:
+    try:
+        spec.parse(value)
+    except Invalid:
+        return False
+    return True
 
 
 def check_meta(meta: object, path: Path) -> dict:
-    """The model file's record, checked for every entry and type; a PipelineError naming what is wrong."""
+    """The model file's record, checked for every entry, type and range; a PipelineError naming what is wrong."""
     if not isinstance(meta, dict):
         raise PipelineError(f"{path}: no model record; retrain it (dvc repro)")
     for key, kind in META_TYPES.items():
         value = meta.get(key)
-        ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
-        if value is None or not ok or isinstance(value, bool):
+        if value is None or not _typed(value, kind):
             raise PipelineError(f"{path}: model record lacks a valid {key!r} ({value!r}); retrain it (dvc repro)")
     if meta["kind"] not in KINDS:
         raise PipelineError(f"{path}: unknown model kind {meta['kind']!r} (expected one of {', '.join(KINDS)})")
+    if bad := _bounded(meta):
+        raise PipelineError(f"{path}: model record's {bad!r} is out of range ({meta[bad]!r}); retrain it (dvc repro)")
     return meta
 
 

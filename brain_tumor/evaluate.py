@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from .calibration import calibration_report
@@ -95,17 +96,44 @@ def bootstrap_ci(
         return {m: tuple(float(np.nanpercentile(draws[m], q)) for q in (2.5, 97.5)) for m in METRICS}
 
 
-def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """P(tumor) for each image, model in eval mode, on the GPU when there is one."""
+def predict_logits(model: torch.nn.Module, images: np.ndarray, batch_size: int) -> torch.Tensor:
+    """The model's logits (N x 2, float32, on the CPU) for each image, in eval mode, on the GPU when there is one."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # moved outside inference mode: parameters created inside it could not be used by Grad-CAM afterwards
     model.eval().to(device=device, memory_format=torch.channels_last)
     with torch.inference_mode():
         out = [
-            torch.softmax(model(to_input(images[idx], device)).float(), 1)[:, 1].cpu().numpy()
+            model(to_input(images[idx], device)).float().cpu()
             for idx in progress(batch_indices(len(images), batch_size, None), "predict", unit="batch")
         ]
-    return np.concatenate(out) if out else np.zeros(0)
+    return torch.cat(out) if out else torch.zeros(0, 2)
+
+
+def p_tumor(logits: torch.Tensor) -> np.ndarray:
+    """P(tumor) per image from logits, as `brain-tumor predict` and the ONNX file compute it."""
+    return torch.softmax(logits, 1)[:, 1].numpy()
+
+
+# How far evaluate's validation loss may be from the one training recorded for the best epoch: float rounding
+# (training ran the folded frozen prefix, other batch sizes) is about 1e-6 on the CPU; bf16 autocast and
+# cuDNN's TF32 convolutions round far more coarsely.
+VALIDATION_LOSS_TOLERANCE = {"exact": 1e-4, "coarse": 2e-2}
+
+
+def check_validation_figures(path: Path, meta: dict, labels: np.ndarray, logits: torch.Tensor) -> None:
+    """The model as loaded must repeat its best epoch's validation loss and accuracy, as its record gives them:
+    otherwise what is evaluated and served is not the model that was validated (a record that lost a flag,
+    a factory that drifted). Accuracy may differ by one borderline image."""
+    loss = float(F.cross_entropy(logits, torch.tensor(labels, dtype=torch.long), reduction="mean"))
+    accuracy = float((logits.argmax(1).numpy() == labels).mean())
+    coarse = meta["precision"] != "fp32" or torch.cuda.is_available()
+    tolerance = VALIDATION_LOSS_TOLERANCE["coarse" if coarse else "exact"] * max(1.0, meta["val_loss"])
+    if abs(loss - meta["val_loss"]) > tolerance or abs(accuracy - meta["val_accuracy"]) > 1.000001 / len(labels):
+        raise PipelineError(
+            f"{path}: the loaded model gives validation loss {loss:.6f} and accuracy {accuracy:.4f}, its record "
+            f"says {meta['val_loss']:.6f} and {meta['val_accuracy']:.4f} (best epoch {meta['epoch']}; tta_flip "
+            f"{meta['tta_flip']}): it is not the model that was validated; retrain it (dvc repro)"
+        )
 
 
 def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, target_sensitivity: float) -> dict[str, float]:
@@ -260,10 +288,12 @@ def evaluate_models(
         test = load_split(split_dir, "test", meta["image_size"])
         if not len(test.labels) or not len(val.labels):
             raise PipelineError(f"{split_dir}: the val and test splits must both hold images")
-        p_val = predict(model, val.images, cfg["batch_size"])
+        val_logits = predict_logits(model, val.images, cfg["batch_size"])
+        check_validation_figures(path, meta, val.labels, val_logits)
+        p_val = p_tumor(val_logits)
         operating_point = choose_threshold(val.labels, p_val, cfg["target_sensitivity"])
         write_threshold(path, operating_point, file_sha256(path))
-        score = predict(model, test.images, cfg["batch_size"])
+        score = p_tumor(predict_logits(model, test.images, cfg["batch_size"]))
         outcome = TestPredictions(test.labels, score, operating_point["threshold"], test.images)
         runs[name] = ModelRun(ModelFile(path, meta, logged[name], operating_point), val.labels, p_val, outcome)
         gallery(model, test.images, test.labels, score, outcome.threshold, figures_dir / f"gallery_{name}.png")

@@ -39,6 +39,7 @@ def metadata(model_path: Path, meta: dict, point: dict) -> dict[str, str]:
         "decision": "tumor when p_tumor >= threshold",
         "kind": meta["kind"],
         "head": str(meta.get("head", "")),
+        "tta_flip": json.dumps(meta["tta_flip"]),  # the graph averages the scan's and its mirror's logits
         "epoch": str(meta.get("epoch", "")),
         "val_loss": str(meta.get("val_loss", "")),
         "source_model": model_path.name,

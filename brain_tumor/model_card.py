@@ -125,6 +125,7 @@ def model_facts(m: ModelFile) -> dict[str, str]:
         "sha256": f"`{file_sha256(m.path)}`",
         "kind": m.meta["kind"],
         "image size": f"{m.meta['image_size']} px",
+        "flip averaging (TTA), as validated and served": "on" if m.meta["tta_flip"] else "off",
         "epochs run / best epoch": f"{m.training.get('epochs', '?')} / {m.meta['epoch']}",
         "best validation loss": number(m.meta["val_loss"]),
         "trained on split manifest (sha256)": f"`{m.meta['split_manifest_sha256']}`",

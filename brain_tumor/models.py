@@ -128,6 +128,28 @@ class TransferNet(nn.Module):
         return prefix.to(memory_format=torch.channels_last)
 
 
+def architecture(kind: str, cfg: dict) -> dict:
+    """What decides the function a model computes, from a training section of params.yaml: the part of a
+    model file's record that `build_network` reads (the rest of the record is provenance)."""
+    return {
+        "kind": kind,
+        "image_size": cfg["image_size"],
+        "head": cfg.get("head", ""),
+        "unfreeze_last": cfg.get("unfreeze_last", 0),
+        "tta_flip": cfg["tta_flip"],
+    }
+
+
+def build_network(record: dict) -> nn.Module:
+    """The one model factory: training builds its model from `architecture(kind, cfg)`, and every reader
+    (evaluate, export, predict) from the record saved with the weights, so the served model computes what
+    was validated, flip averaging (tta) included."""
+    if record["kind"] == "scratch":
+        return ScratchCNN(int(record["image_size"]), bool(record["tta_flip"]))
+    size, unfreeze, tta = int(record["image_size"]), int(record["unfreeze_last"]), bool(record["tta_flip"])
+    return TransferNet(record["head"], size, unfreeze, tta)
+
+
 class GlobalDropout(nn.Dropout):
     """Dropout whose mask is drawn for the global batch (all DDP ranks) from its own generator, then cut to
     this rank's rows: N ranks drop what one process would. `seed_dropout` seeds it; no state is saved.

@@ -44,8 +44,9 @@ from .errors import PipelineError
 from .labels import CLASSES, require_both_classes
 from .models import (
     WEIGHTS_SHA256,
-    ScratchCNN,
     TransferNet,
+    architecture,
+    build_network,
     load_imagenet_backbone,
     resolve_weights,
     seed_dropout,
@@ -439,10 +440,10 @@ def prefix_views(
 
 
 def build_model(kind: str, cfg: dict) -> nn.Module:
-    if kind == "scratch":
-        return ScratchCNN(cfg["image_size"], cfg["tta_flip"])
-    model = TransferNet(cfg["head"], cfg["image_size"], cfg["unfreeze_last"], cfg["tta_flip"])
-    load_imagenet_backbone(model, resolve_weights())
+    """The model a training run starts from: the one factory's network, ImageNet weights in the backbone."""
+    model = build_network(architecture(kind, cfg))
+    if kind == "transfer":
+        load_imagenet_backbone(model, resolve_weights())
     return model
 
 
@@ -510,15 +511,11 @@ def train_model(
         train = image_batches(train_split, device, cfg["augment"])
         val = image_batches(val_split, device, False)
 
-    meta = {
-        "kind": kind,
-        "image_size": cfg["image_size"],
+    meta = architecture(kind, cfg) | {
         "classes": list(CLASSES),
         "mean": list(MEAN),
         "std": list(STD),
-        "head": cfg.get("head", ""),
-        "unfreeze_last": cfg.get("unfreeze_last", 0),
-        "tta_flip": cfg["tta_flip"],
+        "precision": "fp32" if amp is None else "bf16",
         "split_manifest_sha256": manifest_sha256,
     }
     with exclusive(model_path) if rank == 0 else nullcontext():  # ranks > 0 write nothing

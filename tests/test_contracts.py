@@ -125,3 +125,27 @@ def test_an_output_folder_that_is_a_file_is_one_line(pipeline, tmp_path, target)
     shutil.rmtree(repo / target)
     (repo / target).write_text("not a folder")
     refused(repo, "train_transfer", target)
+
+
+def rewrite_record(path, **changes) -> None:
+    import torch
+
+    from brain_tumor.checkpoint import save_checkpoint
+
+    saved = torch.load(path, weights_only=True)
+    save_checkpoint({"state_dict": saved["state_dict"], "meta": saved["meta"] | changes}, path)
+
+
+def test_a_model_that_is_not_the_validated_one_is_refused_by_evaluate(pipeline, tmp_path):
+    """The transfer model was validated with flip averaging; loaded without it (a record that lost the flag,
+    as the old second model factory did), it computes other validation figures than its record holds."""
+    repo = copy_of(pipeline, tmp_path / "repo")
+    before = outputs(repo)
+    rewrite_record(repo / "models" / "transfer.pt", tta_flip=False)
+    line = refused(repo, "evaluate", "models/transfer.pt", "not the model that was validated", "tta_flip False")
+    assert "validation loss" in line
+    rewrite_record(repo / "models" / "transfer.pt", tta_flip=True, val_loss=0.25)  # a record that lies about it
+    refused(repo, "evaluate", "models/transfer.pt", "its record says 0.250000")
+    assert {k: v for k, v in outputs(repo).items() if not k.endswith("transfer.pt")} == {
+        k: v for k, v in before.items() if not k.endswith("transfer.pt")
+    }

@@ -10,11 +10,12 @@ import onnx
 import pandas as pd
 import pytest
 from conftest import truncated_jpeg, venv_env
+from PIL import Image
 from test_predict import TRANSFER_THRESHOLD, tiny  # noqa: F401 (tiny: a fixture)
 
 from brain_tumor.cli import main
 from brain_tumor.data import load_split
-from brain_tumor.evaluate import predict as evaluate_predict
+from brain_tumor.evaluate import p_tumor, predict_logits
 from brain_tumor.export import PARITY_TOLERANCE
 from brain_tumor.inference import normalise
 from brain_tumor.outputs import file_sha256
@@ -35,7 +36,7 @@ def exported(tiny: Path) -> Path:  # noqa: F811 (the imported fixture, requested
 def test_onnx_runtime_matches_pytorch_on_the_test_images(exported, kind):
     torch_model, onnx_model = (load_model(str(exported / "models" / f"{kind}{s}")) for s in (".pt", ".onnx"))
     test = load_split(exported / "split", "test", torch_model.image_size)
-    expected = evaluate_predict(torch_model.network, test.images, 16)
+    expected = p_tumor(predict_logits(torch_model.network, test.images, 16))
     x = normalise(np.asarray(test.images), onnx_model.mean, onnx_model.std)
     assert np.abs(onnx_model.p_tumor(x) - expected).max() < PARITY_TOLERANCE
     assert np.abs(onnx_model.p_tumor(x[:1]) - expected[:1]).max() < PARITY_TOLERANCE  # the batch axis is dynamic
@@ -47,7 +48,7 @@ def test_metadata_documents_preprocessing_classes_threshold_and_source(exported)
     assert props["image_size"] == "64" and json.loads(props["mean"]) == [0.5, 0.5, 0.5] and props["color"] == "RGB"
     assert "bilinear" in props["preprocessing"] and "NCHW" in props["preprocessing"]
     assert json.loads(props["classes"]) == ["non_tumor", "tumor"] and "p_tumor" in props["output"]
-    assert float(props["threshold"]) == TRANSFER_THRESHOLD
+    assert float(props["threshold"]) == TRANSFER_THRESHOLD and props["tta_flip"] == "true"
     assert props["source_model_sha256"] == file_sha256(exported / "models" / "transfer.pt")
     scratch = {p.key: p.value for p in onnx.load(str(exported / "models" / "scratch.onnx")).metadata_props}
     point = json.loads((exported / "models" / "scratch.threshold.json").read_text())
@@ -70,6 +71,26 @@ def test_predict_with_the_onnx_file_equals_predict_with_the_pt_file(exported, tm
     pt, ox = tables[".pt"], tables[".onnx"]
     assert (pt["path"] == ox["path"]).all() and (pt["threshold"] == ox["threshold"]).all()
     assert np.abs(pt["p_tumor"] - ox["p_tumor"]).max() < PARITY_TOLERANCE
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".onnx"])
+def test_the_served_transfer_model_averages_a_scan_and_its_mirror_as_it_was_validated(exported, tmp_path, suffix):
+    """tta_flip is on in the transfer model's record: `brain-tumor predict` (PyTorch and ONNX) gives a scan and
+    its mirror image the same P(tumor); the scratch model, trained without it, does not."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for i, path in enumerate(sorted((exported / "split" / "test").rglob("*.png"))[:4]):
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        Image.fromarray(rgb).save(scans / f"{i}.png")
+        Image.fromarray(np.ascontiguousarray(rgb[:, ::-1])).save(scans / f"{i}-mirror.png")
+    gaps = {}
+    for kind in KINDS:
+        out = tmp_path / f"{kind}.csv"
+        model = str(exported / "models" / f"{kind}{suffix}")
+        assert main(["predict", str(scans), "--model", model, "--out", str(out)]) == 0
+        p = pd.read_csv(out).assign(name=lambda t: t["path"].map(lambda s: Path(s).stem)).set_index("name")["p_tumor"]
+        gaps[kind] = max(abs(p[str(i)] - p[f"{i}-mirror"]) for i in range(4))
+    assert gaps["transfer"] < 1e-5 < gaps["scratch"], gaps
 
 
 def test_the_onnx_path_never_imports_torch(exported, tmp_path):

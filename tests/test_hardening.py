@@ -486,8 +486,8 @@ def model_record(kind: str, image_size: int) -> dict:
     """A complete model record, as a training stage writes it."""
     return {
         "kind": kind, "image_size": image_size, "classes": ["non_tumor", "tumor"], "mean": [0.5] * 3,
-        "std": [0.5] * 3, "head": "linear", "unfreeze_last": 0, "tta_flip": False, "epoch": 1, "val_loss": 0.5,
-        "val_accuracy": 0.5, "split_manifest_sha256": "0" * 64,
+        "std": [0.5] * 3, "head": "linear", "unfreeze_last": 0, "tta_flip": False, "precision": "fp32",
+        "epoch": 1, "val_loss": 0.5, "val_accuracy": 0.5, "split_manifest_sha256": "0" * 64,
     }  # fmt: skip
 
 
@@ -506,6 +506,30 @@ def test_damaged_model_file_is_one_line_error(tmp_path, damage):
         load_trained(path)
     assert str(err.value).startswith(f"{path}: not a model file written by a training stage (")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "change,key",
+    [
+        ({"image_size": 10**9}, "image_size"),  # a forged size must not allocate a 10^18-pixel layer
+        ({"image_size": 30}, "image_size"),  # not a multiple of 4 (the scratch CNN's schema)
+        ({"kind": "transfer", "unfreeze_last": 40}, "unfreeze_last"),
+        ({"kind": "transfer", "head": "resnet"}, "head"),
+        ({"std": [0.5, 0.0, 0.5]}, "std"),
+        ({"mean": [0.5, float("nan"), 0.5]}, "mean"),
+        ({"classes": ["tumor", "non_tumor"]}, "classes"),
+        ({"val_loss": float("inf")}, "val_loss"),
+        ({"val_accuracy": 1.5}, "val_accuracy"),
+        ({"precision": "fp8"}, "precision"),
+        ({"tta_flip": 1}, "tta_flip"),
+    ],
+)
+def test_a_model_record_out_of_range_is_one_line_before_anything_is_built(tmp_path, change, key):
+    path = tmp_path / "scratch.pt"
+    torch.save({"state_dict": {}, "meta": model_record("scratch", 32) | change}, path)
+    with pytest.raises(PipelineError) as err:
+        load_trained(path)
+    assert str(err.value).startswith(f"{path}: model record") and repr(key) in str(err.value), err.value
 
 
 def test_temporaries_of_dead_processes_are_swept_and_live_ones_kept(tmp_path):

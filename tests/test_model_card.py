@@ -53,7 +53,8 @@ def model_run(tmp_path, name: str, rows: pd.DataFrame, rng: np.random.Generator,
 
     (y_val, p_val), (y_test, p_test) = p_tumor("val"), p_tumor("test")
     point = ev.choose_threshold(y_val, p_val, 0.95)
-    meta = {"kind": name, "image_size": 32, "epoch": 3, "val_loss": 0.41, "split_manifest_sha256": "ab" * 32}
+    meta = {"kind": name, "image_size": 32, "epoch": 3, "val_loss": 0.41, "tta_flip": name == "transfer"}
+    meta["split_manifest_sha256"] = "ab" * 32
     test = ev.TestPredictions(y_test, p_test, point["threshold"], np.zeros((len(y_test), 1, 1, 3), np.uint8))
     logged = {"seed": 42, "epochs": 5, "lr": 0.0001}
     return ev.ModelRun(ModelFile(path, meta, logged, point), y_val, p_val, test)
@@ -140,6 +141,7 @@ def test_card_provenance_data_and_failure_modes(written):
         assert facts["md5 (as in dvc.lock)"][i] == f"`{hashlib.md5(content).hexdigest()}`"
         assert facts["sha256"][i] == f"`{hashlib.sha256(content).hexdigest()}`"
         assert facts["epochs run / best epoch"][i] == "5 / 3" and header[i + 1] == name
+        assert facts["flip averaging (TTA), as validated and served"][i] == ("on" if name == "transfer" else "off")
     _, *counts = table_after(text, "## Data and lineage")
     assert [row[0] for row in counts] == ["train", "val", "test"] and [row[-1] for row in counts] == ["40", "20", "40"]
     _, *leakage = table_after(text, "Residual leakage")

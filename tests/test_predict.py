@@ -14,7 +14,7 @@ from PIL import Image
 from brain_tumor import explain, ingest, split, train
 from brain_tumor.cli import main
 from brain_tumor.data import load_split
-from brain_tumor.evaluate import predict as evaluate_predict
+from brain_tumor.evaluate import p_tumor, predict_logits
 from brain_tumor.export import export_models
 from brain_tumor.inference import model_input, write_threshold
 from brain_tumor.outputs import file_sha256
@@ -159,7 +159,7 @@ def test_predict_gives_the_evaluate_stage_probabilities(tiny):
     ours = model.p_tumor(
         model_input([np.asarray(Image.open(f).convert("RGB")) for f in files], 64, model.mean, model.std)
     )
-    np.testing.assert_allclose(ours, evaluate_predict(model.network, test.images, 16), atol=1e-6)
+    np.testing.assert_allclose(ours, p_tumor(predict_logits(model.network, test.images, 16)), atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["scratch", "transfer"])
@@ -189,7 +189,7 @@ def test_explain_writes_one_overlay_per_image_at_its_size(tiny, scans, tmp_path)
 def test_gallery_is_one_png(tiny, tmp_path):
     model = load_model(str(tiny / "models" / "scratch.pt"))
     test = load_split(tiny / "split", "test", model.image_size)
-    p = evaluate_predict(model.network, test.images, 16)
+    p = p_tumor(predict_logits(model.network, test.images, 16))
     explain.gallery(model.network, np.asarray(test.images), test.labels, p, 0.5, tmp_path / "g.png", 3, 2)
     assert Image.open(tmp_path / "g.png").size[0] > 400
 
