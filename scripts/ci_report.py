@@ -21,18 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
-
-def stages_of(lock: Path) -> dict[str, dict]:
-    if not lock.is_file():
-        return {}
-    return (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-
-
-def entries(stage: dict, kind: str) -> dict[str, object]:
-    """{path: md5} of a stage's deps or outs in a lock."""
-    return {e["path"]: e.get("md5") for e in stage.get(kind, [])}
+from lock_check import changed_inputs, changed_outputs, not_reproduced, stages_of, summary_line
 
 
 def why(name: str, before: dict, after: dict) -> tuple[str, bool]:
@@ -40,18 +29,10 @@ def why(name: str, before: dict, after: dict) -> tuple[str, bool]:
     if name not in before:
         return "new: no lock entry before this run", False
     old, new = before[name], after.get(name, {})
-    changes = [f"command `{new.get('cmd')}`"] if old.get("cmd") != new.get("cmd") else []
-    old_deps, new_deps = entries(old, "deps"), entries(new, "deps")
-    changes += [f"`{p}`" for p in sorted(set(old_deps) | set(new_deps)) if old_deps.get(p) != new_deps.get(p)]
-    old_params, new_params = old.get("params", {}), new.get("params", {})
-    for file in sorted(set(old_params) | set(new_params)):
-        a, b = old_params.get(file, {}), new_params.get(file, {})
-        changes += [f"param `{k}`" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    if changes:
+    if changes := changed_inputs(old, new):
         return "changed: " + ", ".join(changes), False
     reason = "inputs unchanged: its outputs were in neither the cache nor the remote"
-    if entries(old, "outs") != entries(new, "outs"):
-        differ = [p for p, md5 in entries(new, "outs").items() if entries(old, "outs").get(p) != md5]
+    if differ := changed_outputs(old, new):
         reason += f"; re-run outputs differ from the lock ({', '.join(differ)}): not reproduced byte for byte here"
     return reason, True
 
@@ -93,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {name} | **executed**: {reason} |")
         else:
             lines.append(f"| {name} | restored or unchanged |")
+    if line := summary_line(not_reproduced(before, after)):
+        lines += ["", line.removeprefix("warning: ").capitalize() + "."]
     lines += ["", f"## Metrics: {args.base_rev} -> this run", "", metrics_diff(args.base_rev)]
     if missing:
         lines.insert(

@@ -61,7 +61,7 @@ def predict(ws: Workspace, *args: str, model: str = "models/transfer.onnx") -> s
     """`brain-tumor predict ARGS --model MODEL` in the workspace, with its own $TMPDIR."""
     env = venv_env() | {"TMPDIR": str(ws.tmpdir)}
     cmd = [BRAIN_TUMOR, "predict", *args, "--model", model]
-    return subprocess.run(cmd, cwd=ws.root, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(cmd, cwd=ws.root, env=env, capture_output=True, text=True, timeout=600)
 
 
 def tiny_onnx(path: Path, shape: tuple = ("batch", 3, 32, 32), output: str = "p_tumor", **meta) -> Path:
@@ -280,7 +280,7 @@ def test_a_stopped_predict_leaves_no_extracted_archive(scans, sig, status, name)
         assert proc.stdout.readline() == "decoding\n"
         assert len(list(scans.tmpdir.glob("predict-*/batch/*.png"))) == 3  # mid-run: the archive is extracted
         proc.send_signal(sig)
-        stdout, stderr = proc.communicate(timeout=60)
+        stdout, stderr = proc.communicate(timeout=600)
     finally:
         proc.kill()
     assert proc.returncode == status

@@ -6,6 +6,7 @@ The pipeline is reproduced once per session (conftest's `baseline_repo`); each t
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -93,6 +94,31 @@ def test_fresh_clone_reproduces_the_lock_byte_for_byte(baseline_repo, tmp_path):
     assert executed_stages(sh(["dvc", "repro"], clone).stdout) == STAGE_NAMES
     assert (clone / "dvc.lock").read_text() == (baseline_repo / "dvc.lock").read_text()  # models included
     assert sh(["git", "status", "--porcelain"], clone).stdout == ""
+
+
+def test_a_rerun_that_writes_other_bytes_is_named_in_one_line_at_the_end(baseline_repo, tmp_path):
+    """What a machine of another CPU type sees after `make repro` (dvc repro, then scripts/lock_check.py):
+    another thread count is this machine's way to sum the same floats in another order. A rerun with the
+    committed settings writes the same bytes and says nothing."""
+    repo = copy_of(baseline_repo, tmp_path / "repo")
+    committed = repo / "committed.lock"
+    shutil.copy(repo / "dvc.lock", committed)
+    check = ["python", "scripts/lock_check.py", "--before", str(committed)]
+    sh(["dvc", "repro", "--force", "--single-item", "train-scratch"], repo)
+    assert (repo / "dvc.lock").read_text() == committed.read_text()
+    assert sh(check, repo).stderr == ""
+    sh(["env", "BRAIN_TUMOR_THREADS=1", "dvc", "repro", "--force", "--single-item", "train-scratch"], repo)
+    sh(["dvc", "repro"], repo)  # evaluate and export follow the other model
+    lines = sh(check, repo).stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: dvc.lock not reproduced byte for byte"), lines
+    assert "models/scratch.pt" in lines[0] and "of train-scratch, evaluate, export" in lines[0]
+    assert "train-transfer" not in lines[0] and "data/split" not in lines[0]
+    edited = yaml.safe_load((repo / "params.yaml").read_text())
+    edited["evaluate"]["seed"] += 1  # an input changed on purpose: its stage's new outputs are expected
+    (repo / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+    shutil.copy(repo / "dvc.lock", committed)
+    sh(["dvc", "repro"], repo)
+    assert sh(check, repo).stderr == ""
 
 
 def test_each_seed_reruns_only_its_stage_and_a_training_seed_keeps_the_split(baseline_repo, tmp_path):

@@ -46,7 +46,7 @@ def s3_endpoint():
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):  # polls until the server answers (a loaded machine is just slower)
+        for _ in range(3000):  # polls until the server answers (a loaded machine is just slower)
             try:
                 urllib.request.urlopen(endpoint, timeout=5)
                 break

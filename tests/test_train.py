@@ -241,3 +241,14 @@ def test_resume_state_of_other_params_is_not_used(split_dir, tiny_params, tmp_pa
     again = run_stage_script(work, "train_transfer")
     assert again.returncode == 0 and "resuming" not in again.stdout
     assert "from another run" in again.stdout
+
+
+def test_resume_state_is_written_after_epoch_one_then_when_training_outweighs_writing_tenfold(tmp_path):
+    """The write policy on a clock of the test's own: no dependence on how fast this machine is."""
+    readings = iter([0.0, 5.0, 5.0, 7.0, 12.0, 27.0])  # start; epoch 1 ends; a 2 s write; epochs 2 and 3 end
+    resume = train.ResumeFile(tmp_path / "model.resume.pt", "fingerprint", clock=lambda: next(readings))
+    assert resume.due(1)  # always after the first epoch
+    resume.save({"epoch": 1})
+    assert resume.last_write_s == 2.0 and resume.load() == {"epoch": 1, "fingerprint": "fingerprint"}
+    assert not resume.due(2)  # 5 s of training since a 2 s write: not yet
+    assert resume.due(3)  # 20 s = SPEND x 2 s
