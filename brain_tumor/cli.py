@@ -30,6 +30,7 @@ def predict_command(args: argparse.Namespace) -> None:
         write_predictions,
         writing,
     )
+    from .seen import index_path
 
     if args.out is not None and args.out.suffix not in (".csv", ".json"):
         raise PipelineError(f"--out {args.out}: expected a .csv or .json file name")
@@ -48,8 +49,17 @@ def predict_command(args: argparse.Namespace) -> None:
             write_predictions(table, args.out)
     else:
         print(f"model {model.name} (sha256 {model.sha256[:12]}), threshold {threshold:g} ({source})")
-        shown = table[["path", "p_tumor", "predicted_class", "reason"]]
+        shown = table[["path", "p_tumor", "predicted_class", "seen_in_training", "reason"]]
         print(shown.to_string(index=False, na_rep="", float_format="{:.4f}".format))
+    seen = table["seen_in_training"]
+    if (seen == "").all():
+        print(f"note: no {index_path(model.path)} beside the model: seen_in_training not computed", file=sys.stderr)
+    elif n_seen := int((seen == "true").sum()):
+        print(
+            f"warning: {n_seen} of {predicted} scans are the same slice as a training or validation scan "
+            "(seen_in_training): a figure measured on them is partly a training-set figure",
+            file=sys.stderr,
+        )
     skipped = f"; not predicted: {reasons_text(table)}" if predicted < len(table) else ""
     written = f"; written to {args.out}" if args.out is not None else ""
     print(

@@ -85,3 +85,23 @@ def leakage_figure(best: dict[str, np.ndarray], levels: dict[str, float], path: 
     ax.set_title("residual leakage: held-out images vs the training split")
     ax.legend(fontsize=7, loc="upper left")
     save_figure(fig, path)
+
+
+def statistics_figure(statistics: pd.DataFrame, path: Path) -> None:
+    """Per-class histograms of the shortcut check's statistics (`statistics`: one row per image, `class`)."""
+    columns = [c for c in statistics.columns if c != "class"]
+    fig, axes = plt.subplots(3, -(-len(columns) // 3), figsize=(3 * -(-len(columns) // 3), 7.5))
+    for ax, column in zip(axes.ravel(), columns, strict=False):
+        values = statistics[column].to_numpy(np.float64)
+        edges = np.histogram_bin_edges(values, bins=20) if np.ptp(values) > 0 else 2
+        for name in CLASSES:
+            ax.hist(
+                statistics.loc[statistics["class"] == name, column], bins=edges, alpha=0.5, density=True, label=name
+            )
+        ax.set_title(column, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(columns) :]:
+        ax.axis("off")
+    axes.ravel()[0].legend(fontsize=7)
+    fig.suptitle("image statistics per class (no anatomy in them: where they differ, the label leaks)")
+    save_figure(fig, path)

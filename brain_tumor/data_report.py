@@ -28,9 +28,11 @@ def write_people_report(
     seed: int,
     sheets: dict[str, dict[str, pd.DataFrame]],
     images: dict[str, np.ndarray],
+    statistics: pd.DataFrame,
 ) -> None:
-    """reports/data: data_report.md and its figures (figures/*.png), for a person to read."""
-    from .data_figures import class_balance_figure, leakage_figure, pair_sheet, samples_figure
+    """reports/data: data_report.md and its figures (figures/*.png), for a person to read. `statistics`: the
+    shortcut check's image statistics, one row per image, with its class."""
+    from .data_figures import class_balance_figure, leakage_figure, pair_sheet, samples_figure, statistics_figure
 
     figures = out_dir / "figures"
     class_balance_figure({s: split[s] for s in SPLITS}, figures / "class_balance.png")
@@ -46,8 +48,13 @@ def write_people_report(
     g = split["grouping"]
     lines = {"similarity threshold": g["similarity_threshold"], "neighbour threshold": g["neighbour_threshold"]}
     leakage_figure(held_out, lines | {"looser": min(LOOSER)}, figures / "residual_leakage.png")
+    statistics_figure(statistics, figures / "shortcut_statistics.png")
     (out_dir / "data_report.md").write_text(
-        ingest_section(ingest) + split_section(split) + grouping_section(split) + leakage_section(split)
+        ingest_section(ingest)
+        + split_section(split)
+        + grouping_section(split)
+        + leakage_section(split)
+        + shortcut_section(split["shortcut_check"])
     )
 
 
@@ -167,4 +174,30 @@ similar anatomy, which different patients also share.
 ![residual leakage](figures/residual_leakage.png)
 
 ![the closest test / training pairs](figures/pairs_closest.png)
+"""
+
+
+def shortcut_section(check: dict) -> str:
+    verdict = (
+        "**Warning: the label is predictable without anatomy.** The classes differ in how their scans were "
+        "acquired or processed, so a model can score well by learning that instead of the tumour; test it on "
+        "scans from another source before trusting it."
+        if check["warning"]
+        else "The statistics predict the label no better than the majority rate allows (within the margin)."
+    )
+    return f"""
+## Shortcut check
+
+Statistics with no anatomy in them ({", ".join(check["statistics"])}), fitted on the training split and
+scored on the {check["test_images"]} test images:
+
+| classifier on the statistics | test accuracy |
+|---|---|
+| majority class (knows nothing) | {check["majority_rate"]:.4f} |
+| gradient-boosted trees | {check["gradient_boosting_accuracy"]:.4f} |
+| logistic regression | {check["logistic_regression_accuracy"]:.4f} |
+
+{verdict}
+
+![per-class distributions of the statistics](figures/shortcut_statistics.png)
 """

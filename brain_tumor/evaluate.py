@@ -21,6 +21,7 @@ from .data import batch_indices, load_split, to_input
 from .errors import PipelineError
 from .explain import gallery, gallery_indices
 from .inference import write_threshold
+from .intervals import wilson_interval
 from .labels import CLASSES
 from .model_card import CardInputs, ModelFile, training_params, write_model_card
 from .outputs import file_sha256, write_json, write_table
@@ -29,7 +30,6 @@ METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
 SUBGROUPS = ("subtype", "source_folder")  # manifest columns: the class folder, the source path's first folder
 SUBGROUP_COLUMNS = ["model", "grouping", "group", "threshold_name", "n", "errors", "accuracy", "ci_lower", "ci_upper"]
 REPORT_COLUMNS = (*SUBGROUPS, "source", "train_similarity", "group")
-Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
 
 def confusion_counts(y: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -206,14 +206,6 @@ def summary_rows(per_model: dict[str, dict[str, float]], intervals: dict[str, di
     return rows
 
 
-def wilson_interval(successes: np.ndarray, n: np.ndarray, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval of a proportion: inside [0, 1] and sensible for small groups and for 0 or n."""
-    p, n = np.asarray(successes, np.float64) / n, np.asarray(n, np.float64)
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
-
-
 def subgroup_rows(model: str, rows: pd.DataFrame, outcome: TestPredictions) -> pd.DataFrame:
     """Per subtype and per source folder (where the test split holds several): n, errors, accuracy, its 95%
     Wilson interval, at each threshold. Within a tumour subtype accuracy is its sensitivity, within the
@@ -281,7 +273,7 @@ def evaluate_models(
         for name, path in model_paths.items()
     }
     logged = {name: training_params(metrics_dir / f"train_{name}" / "params.yaml") for name in model_paths}
-    runs: dict[str, ModelRun] = {}
+    validated = {}  # every model checked against its validation record before anything is written
     for name, path in model_paths.items():
         model, meta = trained[name]
         val = load_split(split_dir, "val", meta["image_size"])
@@ -290,7 +282,11 @@ def evaluate_models(
             raise PipelineError(f"{split_dir}: the val and test splits must both hold images")
         val_logits = predict_logits(model, val.images, cfg["batch_size"])
         check_validation_figures(path, meta, val.labels, val_logits)
-        p_val = p_tumor(val_logits)
+        validated[name] = (val, p_tumor(val_logits), test)
+    runs: dict[str, ModelRun] = {}
+    for name, path in model_paths.items():
+        model, meta = trained[name]
+        val, p_val, test = validated[name]
         operating_point = choose_threshold(val.labels, p_val, cfg["target_sensitivity"])
         write_threshold(path, operating_point, file_sha256(path))
         score = p_tumor(predict_logits(model, test.images, cfg["batch_size"]))

@@ -44,6 +44,7 @@ def metadata(model_path: Path, meta: dict, point: dict) -> dict[str, str]:
         "val_loss": str(meta.get("val_loss", "")),
         "source_model": model_path.name,
         "source_model_sha256": file_sha256(model_path),
+        "split_manifest_sha256": meta["split_manifest_sha256"],  # binds the seen-index beside the file
     }
 
 

@@ -30,10 +30,12 @@ from .inference import check_onnx_contract, model_input, onnx_p_tumor, onnx_sess
 from .labels import CLASSES
 from .outputs import file_sha256, scratch_dir, write_json, write_table
 from .params import SCHEMA, Invalid, read_yaml
+from .seen import SeenIndex, index_path, nearest_seen, read_index
 from .sources import is_system_file, safe_extract, scan_files
 from .stage import CAUSES
 
-COLUMNS = ["path", "p_tumor", "predicted_class", "threshold", "model", "model_sha256", "reason"]
+SEEN_COLUMNS = ["seen_in_training", "training_similarity", "nearest_training_scan"]
+COLUMNS = ["path", "p_tumor", "predicted_class", "threshold", "model", "model_sha256", *SEEN_COLUMNS, "reason"]
 DEFAULT_THRESHOLD = 0.5
 NAMED_MODELS = ("scratch", "transfer")  # models/<name>.pt, the train stages' outputs
 DEFAULT_MAX_PIXELS = 100_000_000  # data.max_image_pixels when there is no params.yaml
@@ -55,6 +57,7 @@ class Model:
     trained_sha256: str  # the trained .pt file (an ONNX file's source): what its threshold file was chosen for
     threshold: float | None = None  # the operating point stored inside an ONNX file
     network: Any = None  # the torch module (.pt only): Grad-CAM needs it
+    split_manifest_sha256: str | None = None  # the split it was trained on: binds its seen-index
 
     @property
     def name(self) -> str:
@@ -91,7 +94,17 @@ def load_torch(path: Path, expect_kind: str | None = None) -> Model:
         return torch.softmax(logits.float(), 1)[:, 1].numpy()
 
     sha256 = file_sha256(path)
-    return Model(path, sha256, meta["image_size"], meta["mean"], meta["std"], p_tumor, sha256, network=network)
+    return Model(
+        path,
+        sha256,
+        meta["image_size"],
+        meta["mean"],
+        meta["std"],
+        p_tumor,
+        sha256,
+        network=network,
+        split_manifest_sha256=meta["split_manifest_sha256"],
+    )
 
 
 def load_onnx(path: Path, threads: int = 0) -> Model:
@@ -109,7 +122,21 @@ def load_onnx(path: Path, threads: int = 0) -> Model:
         onnx_p_tumor(session),
         contract.source_model_sha256,
         threshold=contract.threshold,
+        split_manifest_sha256=meta.get("split_manifest_sha256"),  # absent from files exported before it was written
     )
+
+
+def seen_index(model: Model) -> SeenIndex | None:
+    """The seen-index beside the model file, checked against it; None (predict says so) where there is none."""
+    path = index_path(model.path)
+    if not path.is_file():
+        return None
+    if model.split_manifest_sha256 is None:
+        raise PipelineError(
+            f"{model.path}: says nothing of the split it was trained on, so {path} cannot be checked "
+            "against it; re-export it (python -m stages.export)"
+        )
+    return read_index(path, model.split_manifest_sha256)
 
 
 def operating_point(model: Model, override: float | None) -> tuple[float, str]:
@@ -251,16 +278,20 @@ def predict_paths(
     leaves none.
     """
     limits = limits or Limits()
+    index = seen_index(model)
     if explain_dir is not None and model.network is None:
         raise PipelineError(f"--explain needs the PyTorch model (.pt); {model.name} has no gradients for Grad-CAM")
     with ExitStack() as stack:
         overlays = None if explain_dir is None else overlay_scratch(explain_dir, stack)
         inputs = list_inputs(args, limits, stack)
         reasons = [""] * len(inputs)
-        p_tumor = np.full(len(inputs), np.nan)
+        p_tumor, similarity = np.full(len(inputs), np.nan), np.full(len(inputs), np.nan)
+        nearest = np.full(len(inputs), "", dtype=object)
         for rows, images in decoded_batches(inputs, limits, batch_size, reasons):
             x = model_input(images, model.image_size, model.mean, model.std)
             p_tumor[rows] = model.p_tumor(x)
+            if index is not None:
+                similarity[rows], nearest[rows] = nearest_seen(index, images)
             if overlays is not None:
                 from .explain import blend, heatmaps
 
@@ -278,10 +309,22 @@ def predict_paths(
             "threshold": threshold,
             "model": model.name,
             "model_sha256": model.sha256,
+            "seen_in_training": seen_flags(similarity, index),
+            "training_similarity": similarity,
+            "nearest_training_scan": nearest,
             "reason": reasons,
         },
         columns=COLUMNS,
     )
+
+
+def seen_flags(similarity: np.ndarray, index: SeenIndex | None) -> np.ndarray:
+    """ "true" at or above the index's same-slice threshold, "false" below, "" where nothing was compared."""
+    if index is None:
+        return np.full(len(similarity), "", dtype=object)
+    flags = np.where(similarity >= index.threshold, "true", "false").astype(object)
+    flags[np.isnan(similarity)] = ""
+    return flags
 
 
 def overlay_scratch(explain_dir: Path, stack: ExitStack) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from .data_report import leakage_levels, write_people_report
 from .errors import PipelineError
 from .labels import CLASSES, SPLITS, require_both_classes
 from .outputs import atomic_dir, write_json, write_table
+from .shortcuts import shortcut_check, statistics_table, warning_line
 from .similarity import (
     Grouping,
     Neighbours,
@@ -142,16 +144,28 @@ def split_dataset(params: dict, dataset_dir: Path, out_dir: Path, report_path: P
             shutil.copyfile(source, tmp / file)
         write_table(tmp / "split_manifest.csv", rows)
 
+    stats = statistics_table(
+        [dataset_dir / f for f in manifest["file"]], manifest["width"], manifest["height"], manifest["source"]
+    )
+    shortcuts = shortcut_check(
+        stats, manifest["label"].astype(int).to_numpy(), manifest["split"], params["split"]["seed"]
+    )
     report = split_report(rows, fractions) | {
         "grouping": grouping_report(settings, grouping, manifest),
         "residual_leakage": leakage_report(rows, settings.threshold),
+        "shortcut_check": shortcuts,
     }
     write_json(report_path, report)
+    if line := warning_line(shortcuts):
+        print(line, file=sys.stderr)
     ingest_report = json.loads((dataset_dir / "report.json").read_text())
     sheets = calibration_sheets(neighbours, grouping, settings, params["split"]["seed"])
     sheets["closest"] = closest_held_out_pairs(manifest)
     images = {"file": (dataset_dir / manifest["file"]).to_numpy(), "name": manifest["source"].to_numpy()}
-    write_people_report(ingest_report, report, rows, out_dir, people_dir, params["split"]["seed"], sheets, images)
+    stats["class"] = manifest["class"].to_numpy()
+    write_people_report(
+        ingest_report, report, rows, out_dir, people_dir, params["split"]["seed"], sheets, images, stats
+    )
     return report
 
 

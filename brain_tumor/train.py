@@ -39,6 +39,7 @@ from . import data as data_module
 from . import models as models_module
 from .checkpoint import save_checkpoint
 from .console import progress
+from .contracts import read_split_manifest
 from .data import MEAN, STD, SplitImages, batch_indices, cached_array, code_fingerprint, load_split, to_input
 from .errors import PipelineError
 from .labels import CLASSES, require_both_classes
@@ -54,6 +55,7 @@ from .models import (
 )
 from .numerics import reproducible, signature, threads
 from .outputs import atomic_write, cache_dir, file_sha256, temporary_dir
+from .seen import index_path, write_index
 
 DIVERGED_LOSS = 10 * math.log(2)  # a best validation loss above 10x a coin flip's: the run diverged
 
@@ -543,6 +545,10 @@ def train_model(
                 trainable, train, val, cfg, device=device, amp=amp, on_epoch=log_epoch, resume=resume, network=model
             )
             if rank == 0:
+                threshold = params["split"]["similarity_threshold"]
+                write_index(
+                    index_path(model_path), split_dir, read_split_manifest(split_dir), manifest_sha256, threshold
+                )
                 saved = {"state_dict": state.best_state, "meta": meta | state.best}
                 atomic_write(model_path, lambda p: save_checkpoint(saved, p))
                 live.summary["best"] = state.best

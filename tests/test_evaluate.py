@@ -22,9 +22,9 @@ from brain_tumor.evaluate import (
     json_number,
     resampled_roc_auc,
     roc_auc,
-    wilson_interval,
 )
 from brain_tumor.figures import reliability_figure
+from brain_tumor.intervals import wilson_interval
 
 
 def test_metrics_match_hand_counts():

@@ -1,5 +1,6 @@
 """`brain-tumor predict` and Grad-CAM on tiny models trained here (shared with test_export.py)."""
 
+import io
 import json
 import shutil
 import zipfile
@@ -208,3 +209,70 @@ def test_grad_cam_of_a_flip_averaging_model_explains_the_scan_as_it_is():
     model.tta = True
     assert np.allclose(explain.heatmaps(model, x, [1, 0]), plain) and model.tta  # and the flag is restored
     assert not np.allclose(plain, plain[:, :, ::-1])  # the map is not mirror-symmetric to begin with
+
+
+def test_predict_flags_copies_of_training_scans_as_seen(tiny, tmp_path, capsys):
+    """A re-saved (JPEG), re-contrasted (gamma), mirrored or shifted copy of a training scan is the same slice;
+    the held-out test scans are not (the split is leak-free). The .pt and the .onnx path both read the
+    seen-index beside the model; without one, predict says so and leaves the columns empty."""
+    manifest = pd.read_csv(tiny / "split" / "split_manifest.csv")
+    train = manifest[manifest["split"] == "train"].iloc[0]
+    rgb = np.asarray(Image.open(tiny / "split" / train["file"]).convert("RGB"))
+    scans = tmp_path / "scans"
+    copies = {
+        "resaved.jpg": rgb,
+        "gamma.png": (255 * (rgb / 255.0) ** 0.6).astype(np.uint8),
+        "mirrored.png": np.ascontiguousarray(rgb[:, ::-1]),
+        "shifted.png": np.roll(rgb, 2, axis=1),
+    }
+    for name, pixels in copies.items():
+        save(scans / name, pixels, fmt="JPEG" if name.endswith(".jpg") else None)
+    for path in split_test_images(tiny)[:4]:
+        shutil.copy(path, scans / f"test-{path.name}")
+    for suffix in (".pt", ".onnx"):
+        out = tmp_path / f"p{suffix}.csv"
+        assert (
+            main(["predict", str(scans), "--model", str(tiny / "models" / f"transfer{suffix}"), "--out", str(out)]) == 0
+        )
+        table = pd.read_csv(out, keep_default_na=False, dtype={"seen_in_training": str}).assign(
+            name=lambda t: t["path"].map(lambda p: Path(p).name)
+        )
+        rows = table.set_index("name")
+        for name in copies:
+            assert rows.loc[name, "seen_in_training"] == "true", (name, rows.loc[name, "training_similarity"])
+            assert rows.loc[name, "nearest_training_scan"] == train["source"]
+        held_out = rows[rows.index.str.startswith("test-")]
+        assert (held_out["seen_in_training"] == "false").all() and (held_out["training_similarity"] < 0.95).all()
+        assert f"{len(copies)} of {len(rows)} scans are the same slice" in capsys.readouterr().err
+
+    alone = tmp_path / "alone.onnx"
+    shutil.copy(tiny / "models" / "transfer.onnx", alone)
+    out = tmp_path / "alone.csv"
+    assert main(["predict", str(scans), "--model", str(alone), "--out", str(out)]) == 0
+    assert (pd.read_csv(out, keep_default_na=False, dtype=str)["seen_in_training"] == "").all()
+    assert f"note: no {tmp_path / 'alone.seen.npz'} beside the model" in capsys.readouterr().err
+
+
+def test_a_seen_index_of_another_split_or_damaged_is_one_error_line(tiny, tmp_path, capsys):
+    model = tmp_path / "transfer.pt"
+    shutil.copy(tiny / "models" / "transfer.pt", model)
+    save(tmp_path / "a.png", scan(0))
+    for content, needle in ((b"PK\x03\x04 not a zip", "not a seen-index"), (None, "made from another split")):
+        if content is None:  # the scratch model's index: the same split, so re-bind it to another one
+            with (
+                zipfile.ZipFile(tiny / "models" / "scratch.seen.npz") as src,
+                zipfile.ZipFile(model.with_suffix(".seen.npz"), "w") as dst,
+            ):
+                for info in src.infolist():
+                    data = src.read(info)
+                    if info.filename == "meta.npy":
+                        meta = json.loads(str(np.load(io.BytesIO(data))))
+                        buf = io.BytesIO()
+                        np.save(buf, np.asarray(json.dumps(meta | {"split_manifest_sha256": "0" * 64})))
+                        data = buf.getvalue()
+                    dst.writestr(info, data)
+        else:
+            model.with_suffix(".seen.npz").write_bytes(content)
+        assert main(["predict", str(tmp_path / "a.png"), "--model", str(model)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {model.with_suffix('.seen.npz')}: {needle}"), err

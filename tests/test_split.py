@@ -1,9 +1,14 @@
+import json
 from collections import Counter
 
 import numpy as np
+import pandas as pd
 import pytest
+from conftest import save, scan
+from test_hardening import ws  # noqa: F401 (a fixture)
 
 from brain_tumor.errors import PipelineError
+from brain_tumor.shortcuts import STATISTICS, shortcut_check, warning_line
 from brain_tumor.split import SPLITS, GroupingSettings, assign_splits, check_fractions
 
 
@@ -47,3 +52,51 @@ def test_grouping_settings_have_defaults_and_refuse_inconsistent_values():
         GroupingSettings.from_params({"group_duplicates": True, "neighbour_threshold": 0.97})
     with pytest.raises(PipelineError, match="max_group_size >= 2"):
         GroupingSettings.from_params({"group_duplicates": True, "max_group_size": 1})
+
+
+# ---------------------------------------------------------------- the shortcut check
+
+
+def test_shortcut_check_warns_when_a_statistic_predicts_the_label_and_not_when_none_does():
+    rng = np.random.default_rng(0)
+    n = 600
+    labels = (rng.random(n) < 0.3).astype(int)
+    splits = pd.Series(rng.choice(["train", "val", "test"], n, p=[0.7, 0.1, 0.2]))
+    noise = pd.DataFrame(rng.normal(size=(n, len(STATISTICS))), columns=list(STATISTICS))
+    quiet = shortcut_check(noise, labels, splits, seed=0)
+    majority = 1 - labels[splits == "test"].mean()
+    assert quiet["majority_rate"] == round(max(majority, 1 - majority), 4) and not quiet["warning"]
+    assert warning_line(quiet) is None
+    leaking = noise.assign(colour=labels + rng.normal(scale=0.3, size=n))  # the tumour scans came in colour
+    loud = shortcut_check(leaking, labels, splits, seed=0)
+    assert loud["warning"] and loud["gradient_boosting_accuracy"] > 0.9 and loud["logistic_regression_accuracy"] > 0.9
+    assert loud == shortcut_check(leaking, labels, splits, seed=0)  # the same bytes on a rerun
+    assert "predict the label with test accuracy" in warning_line(loud)
+
+
+def class_scans(root, per_class: int, leak: bool) -> None:
+    """yes/ and no/ scans of the same random textures; with `leak`, tumour scans are brighter colour JPEGs and
+    no-tumour scans greyscale PNGs, as when the two classes come from different collections."""
+    for i in range(per_class):
+        save(root / "no" / f"n{i}.png", scan(2 * i + 1, 48), mode="L" if leak else None)
+        rgb = scan(2 * i, 48)
+        if leak:
+            tinted = np.clip(rgb.astype(int) * [1.0, 0.8, 0.6] + 40, 0, 255).astype(np.uint8)
+            save(root / "yes" / f"y{i}.jpg", tinted, fmt="JPEG")
+        else:
+            save(root / "yes" / f"y{i}.png", rgb)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("leak", [True, False], ids=["collections-differ", "same-processing"])
+def test_the_split_stage_reports_the_shortcut_check(ws, leak):  # noqa: F811 (the imported fixture)
+    class_scans(ws.source("folders"), 40, leak)
+    assert ws.run("ingest").returncode == 0
+    result = ws.run("split")
+    assert result.returncode == 0, result.stderr[-2000:]
+    check = json.loads((ws.root / "metrics" / "split.json").read_text())["shortcut_check"]
+    assert check["test_images"] == 16 and check["warning"] is leak
+    assert ("warning: image statistics with no anatomy" in result.stderr) is leak
+    report = (ws.root / "reports" / "data" / "data_report.md").read_text()
+    assert "## Shortcut check" in report and f"| {check['gradient_boosting_accuracy']:.4f} |" in report
+    assert (ws.root / "reports" / "data" / "figures" / "shortcut_statistics.png").stat().st_size > 10_000
