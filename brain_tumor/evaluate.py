@@ -273,6 +273,14 @@ def evaluate_models(
         for name, path in model_paths.items()
     }
     logged = {name: training_params(metrics_dir / f"train_{name}" / "params.yaml") for name in model_paths}
+    external_sets, index = [], None
+    if cfg["external"]:  # read (and refused, if they must be) before anything is written
+        from .external import read_external_sets
+        from .seen import index_path, read_index
+
+        first = next(iter(model_paths))
+        index = read_index(index_path(model_paths[first]), trained[first][1]["split_manifest_sha256"])
+        external_sets = read_external_sets(cfg["external"], params["data"])
     validated = {}  # every model checked against its validation record before anything is written
     for name, path in model_paths.items():
         model, meta = trained[name]
@@ -294,7 +302,14 @@ def evaluate_models(
         runs[name] = ModelRun(ModelFile(path, meta, logged[name], operating_point), val.labels, p_val, outcome)
         gallery(model, test.images, test.labels, score, outcome.threshold, figures_dir / f"gallery_{name}.png")
 
-    metrics = write_reports(params, manifest, runs, metrics_dir, figures_dir, card_path)
+    external = {}
+    if external_sets:
+        from .external import evaluate_external
+
+        models = {name: (trained[name][0], trained[name][1]["image_size"]) for name in runs}
+        thresholds = {name: run.test.threshold for name, run in runs.items()}
+        external = {s.name: evaluate_external(s, models, thresholds, index, cfg) for s in external_sets}
+    metrics = write_reports(params, manifest, runs, metrics_dir, figures_dir, card_path, external)
     write_figures({name: run.test for name, run in runs.items()}, cfg, figures_dir)
     return {name: {metric: row[name] for metric, row in metrics["test"].items()} for name in runs}
 
@@ -320,10 +335,17 @@ def write_reports(
     metrics_dir: Path,
     figures_dir: Path,
     card_path: Path,
+    external: dict | None = None,
 ) -> dict[str, dict[str, dict]]:
     """Everything but the figures, from predictions alone (no model needed): metrics/{test,
-    test_operating_point,validation}/*.json, metrics/evaluate/ tables, calibration.json and the model card.
+    test_operating_point,validation}/*.json, metrics/evaluate/ tables, calibration.json, metrics/external/
+    (one file per external set, and sets.json) and the model card.
     The card is rendered from the very dicts written to the metric files, so the two cannot disagree."""
+    external = external or {}
+    write_json(metrics_dir / "external" / "sets.json", {"external_sets": len(external)})
+    for name, result in external.items():
+        write_json(metrics_dir / "external" / f"{name}.json", result.metrics)
+        write_table(metrics_dir / "evaluate" / "external" / f"{name}_seen.csv", result.seen)
     test_rows = manifest[manifest["split"] == "test"].reset_index(drop=True)
     metrics = threshold_metrics(runs, params["evaluate"]) | {"validation": validation_rows(runs)}
     calibration = {name: calibration_row(run) for name, run in runs.items()}
@@ -346,6 +368,7 @@ def write_reports(
         calibration=calibration,
         mistakes={name: confident_mistakes(run.test, test_rows) for name, run in runs.items()},
         figures_dir=figures_dir,
+        external=external,
     )
     write_model_card(card_path, card)
     return metrics

@@ -317,11 +317,12 @@ def ingest_folder(
     processes: int,
     pre_rejected: Iterable[Item] = (),
     source_name: str | None = None,
+    both_classes: bool = True,
 ) -> dict:
     """Read the dataset at `root` into `out_dir` (images/, manifest.csv, files.csv); return the report.
 
     Nothing is written to `out_dir` unless the run succeeds; data with one class only is an error here,
-    before any training.
+    before any training (`both_classes`; an external test set may hold one class).
     """
     name = source_name or str(root)
     items, system_files = list_items(root, labels, name)
@@ -379,7 +380,8 @@ def ingest_folder(
                 f"{reasons}"
             )
         rejected = f" (rejected: {reasons})" if report["rejected"] else ""
-        require_both_classes(manifest["label"], f"{name}: accepted images{rejected}")
+        if both_classes:
+            require_both_classes(manifest["label"], f"{name}: accepted images{rejected}")
         write_table(tmp / "manifest.csv", manifest)
         write_table(tmp / "files.csv", files)
         write_json(tmp / "report.json", report)
@@ -426,20 +428,24 @@ def data_report(
 SYNTHETIC_SOURCE = Path("data/synthetic")  # a committed folder: DVC's dependency when data.source selects it
 
 
-def open_source(source: str, raw_dir: Path, workdir: Path, max_bytes: int) -> tuple[Path, list[Item]]:
-    """Resolve `data.source` (a folder or .zip under `raw_dir`) to a folder to read, plus refused zip entries."""
+def open_source(
+    source: str, raw_dir: Path, workdir: Path, max_bytes: int, key: str = "data.source"
+) -> tuple[Path, list[Item]]:
+    """Resolve `source` (the param `key`: a folder or .zip under `raw_dir`) to a folder to read, plus refused zip
+    entries."""
     path = Path(source)
     if not path.exists():
-        raise PipelineError(f"data.source: {source!r} does not exist")
+        raise PipelineError(f"{key}: {source!r} does not exist")
     if not path.resolve().is_relative_to(raw_dir.resolve()):
-        raise PipelineError(f"data.source: {source!r} is not under {raw_dir}/ (or {SYNTHETIC_SOURCE})")
+        also = f" (or {SYNTHETIC_SOURCE})" if key == "data.source" else ""
+        raise PipelineError(f"{key}: {source!r} is not under {raw_dir}/{also}")
     if path.is_dir():
         return path, []
     if path.is_file() and path.suffix.lower() == ".zip":  # is_file: a FIFO named .zip would hang the reader
         target = workdir / "extracted"
         target.mkdir()
         return target, safe_extract(path, target, max_bytes)
-    raise PipelineError(f"data.source: {source!r} is neither a folder nor a .zip archive")
+    raise PipelineError(f"{key}: {source!r} is neither a folder nor a .zip archive")
 
 
 def build_dataset(params: dict, raw_dir: Path, out_dir: Path, report_path: Path) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -42,6 +42,7 @@ class CardInputs:
     calibration: dict[str, dict]  # as in metrics/evaluate/calibration.json
     mistakes: dict[str, pd.DataFrame]  # per model: id, true class, subtype, p_tumor
     figures_dir: Path  # reports/evaluate
+    external: dict = field(default_factory=dict)  # external set name -> external.ExternalResult
 
 
 def number(value: float | None) -> str:
@@ -225,6 +226,33 @@ test mistakes at each model's operating point (the gallery shows them with Grad-
     return "\n\n".join(parts)
 
 
+def external_section(name: str, result) -> str:
+    """One external set: what was read, what the model had effectively seen, and the metrics on the rest."""
+    m = result.metrics
+    rows = []
+    for model, by_threshold in m["models"].items():
+        for threshold_name, row in by_threshold.items():
+            cells = [
+                f"{number(row[k])} {interval_text(row, k)}" for k in ("accuracy", "recall", "specificity", "roc_auc")
+            ]
+            rows.append([model, threshold_name, *cells])
+    notes = "".join(f"\n- {note}" for note in result.notes)
+    return f"""## External set `{name}` (`metrics/external/{name}.json`)
+
+{m["files_seen"]} files: {m["accepted"]} accepted, {m["duplicates"]} exact duplicates, {m["rejected"]} rejected.
+**{m["seen"]} of {m["accepted"]} scans are the same slice as a training or validation scan** (similarity >=
+{m["same_slice_threshold"]}; listed in `metrics/evaluate/external/{name}_seen.csv`): they are set apart.
+Unseen: {m["unseen_tumor"]} tumour, {m["unseen_non_tumor"]} no tumour. Metrics on the unseen scans, 95% bootstrap
+intervals:{notes}
+
+{table(["model", "threshold", "accuracy", "sensitivity", "specificity", "ROC AUC"], rows)}"""
+
+
+def interval_text(row: dict, metric: str) -> str:
+    low, high = row[f"{metric}_ci_lower"], row[f"{metric}_ci_upper"]
+    return "" if low is None or high is None else f"[{low:.4f}, {high:.4f}]"
+
+
 def reproduce_section() -> str:
     return """## How to reproduce
 
@@ -247,6 +275,7 @@ def render_card(card: CardInputs, card_path: Path) -> str:
         provenance_section(card.models),
         metrics_section(card),
         subgroup_section(card.subgroups),
+        *(external_section(name, result) for name, result in card.external.items()),
         calibration_section(card, link),
         failure_section(card, link),
         reproduce_section(),

@@ -249,6 +249,7 @@ SCHEMA: dict[str, Any] = {
         "bootstrap_samples": Int(1, 100_000),
         "grid_images": Int(1, 256),
         "target_sensitivity": Float(0, 1, open_low=True, default=0.95),
+        "external": TextList(default=()),  # labelled test sets under data/external/, read with ingest's rules
     },
 }
 

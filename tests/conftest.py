@@ -92,6 +92,7 @@ def init_project_repo(parent: Path, params: dict) -> Path:
     shutil.copytree(PROJECT / "data" / "synthetic", repo / "data" / "synthetic")
     (repo / "data" / "raw").mkdir(parents=True)
     (repo / "data" / "raw" / "README.md").write_text("user data goes here\n")
+    shutil.copytree(PROJECT / "data" / "external", repo / "data" / "external")
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["git", "init", "-q"], repo)
     sh(["git", "config", "user.email", "test@example.com"], repo)

@@ -211,3 +211,17 @@ def test_a_manifest_without_subgroup_columns_is_one_line(tmp_path):
     rows.to_csv(tmp_path / "split_manifest.csv", index=False)
     with pytest.raises(PipelineError, match=r"no column subtype, source_folder, source, train_similarity, group"):
         ev.read_report_manifest(tmp_path)
+
+
+def test_external_metrics_are_null_where_a_class_is_missing():
+    from brain_tumor.external import unseen_metrics
+
+    tumours = np.ones(20, dtype=int)
+    score = np.linspace(0.05, 0.95, 20)
+    row = unseen_metrics(tumours, score, 0.5, 200, seed=0)
+    assert row["recall"] == 0.5 and row["accuracy"] == 0.5  # sensitivity: 10 of 20 at or above 0.5
+    assert row["recall_ci_lower"] <= 0.5 <= row["recall_ci_upper"]
+    assert row["specificity"] is None and row["roc_auc"] is None and row["specificity_ci_lower"] is None
+    both = unseen_metrics(np.array([0, 1] * 10), score, 0.5, 200, seed=0)
+    assert None not in (both["specificity"], both["roc_auc"])
+    assert all(v is None for v in unseen_metrics(np.zeros(0, int), np.zeros(0), 0.5, 200, seed=0).values())

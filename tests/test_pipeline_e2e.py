@@ -9,9 +9,12 @@ import os
 import shutil
 import subprocess
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from conftest import PROJECT, STAGE_NAMES, copy_of, executed_stages, sh, venv_env
+from PIL import Image
 
 from brain_tumor.params import read_yaml
 
@@ -290,3 +293,50 @@ def test_committed_lock_matches_the_committed_code_and_params():
             for key in dotted.split("."):  # a section (`evaluate`) or one param (`data.source`)
                 current = current[key]
             assert current == values, f"{name}: params.{dotted} changed since dvc.lock was written"
+
+
+def test_an_external_set_is_measured_on_the_scans_the_models_have_not_seen(baseline_repo, tmp_path):
+    """An external set built from the pipeline's own split: re-processed copies of training scans (a JPEG
+    re-save, a gamma change, a mirror image: the same slices, so seen), the test scans through another
+    "scanner" (an intensity remap: unseen), and a broken file (rejected)."""
+    repo = copy_of(baseline_repo, tmp_path / "repo")
+    manifest = pd.read_csv(repo / "data" / "split" / "split_manifest.csv")
+    external = repo / "data" / "external" / "other-scanner"
+    folder = {1: "yes", 0: "no"}
+    copies = {
+        "resaved.jpg": lambda x: x,
+        "gamma.png": lambda x: 255 * (x / 255) ** 0.6,
+        "mirror.png": lambda x: x[:, ::-1],
+    }
+    train = manifest[manifest["split"] == "train"].head(len(copies))
+    for (name, change), row in zip(copies.items(), train.itertuples(), strict=True):
+        rgb = np.asarray(Image.open(repo / "data" / "split" / row.file).convert("RGB"))
+        path = external / folder[row.label] / f"copy-{name}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(change(rgb)).astype(np.uint8)).save(path)
+    test = manifest[manifest["split"] == "test"]
+    for row in test.itertuples():
+        rgb = np.asarray(Image.open(repo / "data" / "split" / row.file).convert("RGB")).astype(float)
+        shifted = (255 * np.sqrt(rgb / 255)).astype(np.uint8)  # another scanner's intensity curve
+        Image.fromarray(shifted).save(external / folder[row.label] / f"t-{row.id}.png")
+    (external / "yes" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    params = read_yaml(repo / "params.yaml")
+    params["evaluate"]["external"] = ["data/external/other-scanner"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "evaluate" in executed_stages(sh(["dvc", "repro"], repo).stdout)
+
+    counts = json.loads((repo / "metrics" / "external" / "other-scanner.json").read_text())
+    assert (counts["files_seen"], counts["accepted"], counts["rejected"]) == (len(test) + 4, len(test) + 3, 1)
+    assert (counts["seen"], counts["unseen"]) == (3, len(test))
+    for k, name in enumerate(("non_tumor", "tumor")):
+        assert counts[f"unseen_{name}"] == int((test["label"] == k).sum())
+        assert counts[f"seen_{name}"] == int((train["label"] == k).sum())
+    seen = pd.read_csv(repo / "metrics" / "evaluate" / "external" / "other-scanner_seen.csv")
+    assert sorted(seen["nearest_training_scan"]) == sorted(train["source"])
+    for model in ("scratch", "transfer"):
+        row = counts["models"][model]["0.5"]
+        assert 0 <= row["accuracy_ci_lower"] <= row["accuracy"] <= row["accuracy_ci_upper"] <= 1
+    card = (repo / "reports" / "model_card.md").read_text()
+    assert "## External set `other-scanner`" in card and "**3 of" in card
+    assert json.loads((repo / "metrics" / "external" / "sets.json").read_text()) == {"external_sets": 1}
+    assert "other-scanner.json" in sh(["dvc", "metrics", "show", "metrics/external"], repo).stdout
