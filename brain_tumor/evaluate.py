@@ -27,7 +27,7 @@ from .model_card import CardInputs, ModelFile, training_params, write_model_card
 from .outputs import file_sha256, write_json, write_table
 
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
-SUBGROUPS = ("subtype", "source_folder")  # manifest columns: the class folder, the source path's first folder
+SUBGROUPS = ("subtype", "source_folder", "acquisition")  # manifest columns: class folder, first folder, kind
 SUBGROUP_COLUMNS = ["model", "grouping", "group", "threshold_name", "n", "errors", "accuracy", "ci_lower", "ci_upper"]
 REPORT_COLUMNS = (*SUBGROUPS, "source", "train_similarity", "group")
 

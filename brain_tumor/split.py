@@ -21,7 +21,7 @@ from .data_report import leakage_levels, write_people_report
 from .errors import PipelineError
 from .labels import CLASSES, SPLITS, require_both_classes
 from .outputs import atomic_dir, write_json, write_table
-from .shortcuts import shortcut_check, statistics_table, warning_line
+from .shortcuts import ACQUISITION_KINDS, STATISTICS, shortcut_check, statistics_table, warning_line
 from .similarity import (
     Grouping,
     Neighbours,
@@ -129,11 +129,18 @@ def split_dataset(params: dict, dataset_dir: Path, out_dir: Path, report_path: P
     for split in SPLITS:  # before training: a split without one class cannot validate or test anything
         require_both_classes(manifest.loc[manifest["split"] == split, "label"].astype(int), f"split: the {split} split")
     manifest["train_similarity"], manifest["train_match"] = nearest_training_image(descriptors, manifest["split"])
+    stats = statistics_table(
+        [dataset_dir / f for f in manifest["file"]], manifest["width"], manifest["height"], manifest["source"]
+    )
+    shortcuts = shortcut_check(
+        stats, manifest["label"].astype(int).to_numpy(), manifest["split"], params["split"]["seed"]
+    )
+    manifest["acquisition"] = stats["acquisition"].to_numpy()
     manifest["split_order"] = manifest["split"].map(SPLITS.index)
     rows = manifest.sort_values(["split_order", "label", "id"], kind="stable", ignore_index=True)
     rows["file"] = rows["split"] + "/" + rows["class"] + "/" + rows["id"] + ".png"
     columns = ["id", "split", "file", "label", "class", "group", "duplicate_group", "train_similarity"]
-    rows = rows[[*columns, "sha256", "source", "subtype", "source_folder"]]
+    rows = rows[[*columns, "sha256", "source", "subtype", "source_folder", "acquisition"]]
     with atomic_dir(out_dir) as tmp:
         for split in SPLITS:
             for name in CLASSES:
@@ -144,16 +151,18 @@ def split_dataset(params: dict, dataset_dir: Path, out_dir: Path, report_path: P
             shutil.copyfile(source, tmp / file)
         write_table(tmp / "split_manifest.csv", rows)
 
-    stats = statistics_table(
-        [dataset_dir / f for f in manifest["file"]], manifest["width"], manifest["height"], manifest["source"]
-    )
-    shortcuts = shortcut_check(
-        stats, manifest["label"].astype(int).to_numpy(), manifest["split"], params["split"]["seed"]
-    )
     report = split_report(rows, fractions) | {
         "grouping": grouping_report(settings, grouping, manifest),
         "residual_leakage": leakage_report(rows, settings.threshold),
         "shortcut_check": shortcuts,
+        "acquisition": {  # estimated kind x class: where a class is all one kind, the kind predicts the class
+            name: rows.loc[rows["class"] == name, "acquisition"]
+            .value_counts()
+            .reindex(ACQUISITION_KINDS, fill_value=0)
+            .astype(int)
+            .to_dict()
+            for name in CLASSES
+        },
     }
     write_json(report_path, report)
     if line := warning_line(shortcuts):
@@ -162,9 +171,9 @@ def split_dataset(params: dict, dataset_dir: Path, out_dir: Path, report_path: P
     sheets = calibration_sheets(neighbours, grouping, settings, params["split"]["seed"])
     sheets["closest"] = closest_held_out_pairs(manifest)
     images = {"file": (dataset_dir / manifest["file"]).to_numpy(), "name": manifest["source"].to_numpy()}
-    stats["class"] = manifest["class"].to_numpy()
+    figure_stats = stats[list(STATISTICS)].assign(**{"class": manifest["class"].to_numpy()})
     write_people_report(
-        ingest_report, report, rows, out_dir, people_dir, params["split"]["seed"], sheets, images, stats
+        ingest_report, report, rows, out_dir, people_dir, params["split"]["seed"], sheets, images, figure_stats
     )
     return report
 

@@ -131,13 +131,14 @@ def test_subgroups_match_hand_counts():
             "id": [f"i{k}" for k in range(8)],
             "subtype": ["glioma"] * 3 + ["meningioma"] * 2 + ["notumor"] * 3,
             "source_folder": ["Training", "Testing"] * 4,
+            "acquisition": ["T1-like"] * 5 + ["T2-like"] * 3,  # all tumours T1-like: the kind predicts the class
         }
     )
     labels = np.array([1, 1, 1, 1, 1, 0, 0, 0])
     p = np.array([0.9, 0.4, 0.2, 0.6, 0.45, 0.1, 0.35, 0.7])
     outcome = ev.TestPredictions(labels, p, 0.3, np.zeros((8, 1, 1, 3), np.uint8))
     table = ev.subgroup_rows("m", rows, outcome).set_index(["grouping", "threshold_name", "group"])
-    assert set(table.index.get_level_values("grouping")) == {"subtype", "source_folder"}
+    assert set(table.index.get_level_values("grouping")) == {"subtype", "source_folder", "acquisition"}
     # at 0.5: glioma 1 of 3 right (sensitivity), meningioma 1 of 2, notumor 2 of 3 (specificity)
     # at 0.3: glioma 2 of 3, meningioma 2 of 2, notumor 1 of 3 (0.35 and 0.7 are false alarms)
     expected = {
@@ -149,6 +150,8 @@ def test_subgroups_match_hand_counts():
         ("subtype", "operating_point", "notumor"): (3, 2),
         ("source_folder", "0.5", "Training"): (4, 2),  # rows 0 2 4 6: wrong at 2 (0.2) and 4 (0.45)
         ("source_folder", "0.5", "Testing"): (4, 2),  # rows 1 3 5 7: wrong at 1 (0.4) and 7 (0.7)
+        ("acquisition", "0.5", "T1-like"): (5, 3),  # the tumours: sensitivity 2 of 5
+        ("acquisition", "0.5", "T2-like"): (3, 1),
     }
     for key, (n, errors) in expected.items():
         row = table.loc[key]
@@ -209,7 +212,7 @@ def test_a_manifest_without_subgroup_columns_is_one_line(tmp_path):
     )
     rows.insert(2, "file", rows["split"] + "/" + rows["class"] + "/" + rows["id"] + ".png")
     rows.to_csv(tmp_path / "split_manifest.csv", index=False)
-    with pytest.raises(PipelineError, match=r"no column subtype, source_folder, source, train_similarity, group"):
+    with pytest.raises(PipelineError, match=r"no column subtype, source_folder, acquisition, source, train_similarity, group"):
         ev.read_report_manifest(tmp_path)
 
 

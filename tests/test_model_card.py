@@ -38,6 +38,7 @@ def manifest(rng: np.random.Generator) -> pd.DataFrame:
             "source": [f"{f}/{t}/{k}.jpg" for k, (f, t) in enumerate(zip(["Training", "Testing"] * 50, subtype))],
             "subtype": subtype,
             "source_folder": ["Training", "Testing"] * 50,
+            "acquisition": ["T1-like"] * 80 + ["T2-like"] * 20,
         }
     )
 
@@ -117,7 +118,7 @@ def test_card_subgroups_and_calibration_equal_their_files(written):
     text, metrics_dir, _, _ = written
     _, *rows = table_after(text, "## Subgroups")
     csv = pd.read_csv(metrics_dir / "evaluate" / "subgroups.csv", keep_default_na=False)
-    assert len(rows) == len(csv) == 2 * 2 * (3 + 2)  # models x thresholds x (3 subtypes + 2 source folders)
+    assert len(rows) == len(csv) == 2 * 2 * (3 + 2 + 2)  # models x thresholds x (subtypes, folders, kinds)
     for row, expected in zip(rows, csv.itertuples()):
         assert row[:4] == [expected.model, expected.grouping, expected.group, expected.threshold_name]
         assert [int(row[4]), int(row[5]), value(row[6])] == [expected.n, expected.errors, expected.accuracy]
