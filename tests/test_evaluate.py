@@ -212,7 +212,8 @@ def test_a_manifest_without_subgroup_columns_is_one_line(tmp_path):
     )
     rows.insert(2, "file", rows["split"] + "/" + rows["class"] + "/" + rows["id"] + ".png")
     rows.to_csv(tmp_path / "split_manifest.csv", index=False)
-    with pytest.raises(PipelineError, match=r"no column subtype, source_folder, acquisition, source, train_similarity, group"):
+    missing = r"no column subtype, source_folder, acquisition, source, train_similarity, group"
+    with pytest.raises(PipelineError, match=missing):
         ev.read_report_manifest(tmp_path)
 
 
