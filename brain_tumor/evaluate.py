@@ -136,19 +136,36 @@ def check_validation_figures(path: Path, meta: dict, labels: np.ndarray, logits:
         )
 
 
-def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, target_sensitivity: float) -> dict[str, float]:
-    """The highest P(tumor) threshold whose validation sensitivity reaches the target.
+OPERATING_POINT_CAP = 0.5  # never above the point the model was trained for: a cap on how far scores may shift
 
-    Missing a tumor costs more than a false alarm, so the operating point fixes sensitivity and takes the
-    best specificity that leaves; it is chosen on validation only, so the test split stays untouched.
+
+def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, target_sensitivity: float) -> dict[str, float]:
+    """A P(tumor) threshold that keeps sensitivity at the target under a modest shift of the scores.
+
+    Missing a tumour costs more than a false alarm, so the operating point fixes sensitivity: the highest
+    threshold at which the lower bound of the 95% Wilson interval of the validation sensitivity reaches the
+    target (not the point estimate, which lands just where a small shift costs sensitivity first), and never
+    above OPERATING_POINT_CAP. Chosen on validation only, so the test split stays untouched. Where no threshold
+    reaches the target with that margin, the lowest one (every validation tumour found).
     """
-    fpr, tpr, thresholds = roc_curve(y_val, p_val, drop_intermediate=False)
-    i = int(np.flatnonzero(tpr >= target_sensitivity)[0])
+    tumours = np.asarray(p_val)[np.asarray(y_val) == 1]
+    candidates = np.unique(np.asarray(p_val))[::-1]  # highest first: sensitivity only grows from here
+    found = np.array([(tumours >= t).sum() for t in candidates])
+    lower, _ = wilson_interval(found, np.full(len(found), max(len(tumours), 1)))
+    reaching = np.flatnonzero(lower >= target_sensitivity)
+    threshold = float(candidates[reaching[0]] if len(reaching) else candidates[-1])
+    threshold = min(threshold, OPERATING_POINT_CAP)
+    sensitivity = float((tumours >= threshold).mean())
+    specificity = float((np.asarray(p_val)[np.asarray(y_val) == 0] < threshold).mean())
+    found_at = int((tumours >= threshold).sum())
     return {
-        "threshold": float(min(thresholds[i], 1.0)),  # roc_curve's first threshold is +inf
+        "threshold": threshold,
         "target_sensitivity": target_sensitivity,
-        "validation_sensitivity": round(float(tpr[i]), 4),
-        "validation_specificity": round(float(1 - fpr[i]), 4),
+        "validation_sensitivity": round(sensitivity, 4),
+        "validation_sensitivity_lower": round(float(wilson_interval(found_at, max(len(tumours), 1))[0]), 4),
+        "validation_specificity": round(specificity, 4),
+        "rule": f"highest threshold whose validation sensitivity's 95% Wilson lower bound reaches the target, "
+        f"at most {OPERATING_POINT_CAP}",
     }
 
 

@@ -131,7 +131,8 @@ def model_facts(m: ModelFile) -> dict[str, str]:
         "best validation loss": number(m.meta["val_loss"]),
         "trained on split manifest (sha256)": f"`{m.meta['split_manifest_sha256']}`",
         "operating point (on validation)": f"{number(point['threshold'])} (sensitivity "
-        f"{number(point['validation_sensitivity'])}, specificity {number(point['validation_specificity'])})",
+        f"{number(point['validation_sensitivity'])}, lower bound {number(point['validation_sensitivity_lower'])}, "
+        f"specificity {number(point['validation_specificity'])})",
     }
 
 
@@ -144,7 +145,9 @@ def provenance_section(models: dict[str, ModelFile]) -> str:
     return f"""## Models and provenance
 
 Each model is the epoch with the lowest validation loss. The operating point is the highest P(tumor) threshold
-whose validation sensitivity reaches the target (missing a tumour costs more than a false alarm).
+at which the lower bound of the 95% Wilson interval of the validation sensitivity still reaches the target,
+and at most 0.5: missing a tumour costs more than a false alarm, and that margin keeps the target when the
+scores shift a little (another scanner), where the bare point estimate would lose sensitivity first.
 
 {table(["", *models], rows)}
 
