@@ -43,16 +43,17 @@ class SeenIndex:
     split_manifest_sha256: str
 
 
-def write_index(path: Path, split_dir: Path, manifest: pd.DataFrame, manifest_sha256: str, threshold: float) -> None:
-    """The training and validation scans of `manifest` (the split manifest, read) -> `path`."""
+def build_index(split_dir: Path, manifest: pd.DataFrame, manifest_sha256: str, threshold: float) -> dict:
+    """The arrays of the index of the training and validation scans of `manifest` (the split manifest, read)."""
     seen = manifest[manifest["split"].isin(("train", "val"))]
     descriptors = file_descriptors([split_dir / f for f in seen["file"]]).astype(np.float16)
     meta = {"kind": KIND, "split_manifest_sha256": manifest_sha256, "threshold": threshold, "images": len(seen)}
-    arrays = {
-        "descriptors": descriptors,
-        "sources": np.array(seen["source"].astype(str).tolist(), dtype=np.str_),
-        "meta": json.dumps(meta),
-    }
+    sources = np.array(seen["source"].astype(str).tolist(), dtype=np.str_)
+    return {"descriptors": descriptors, "sources": sources, "meta": json.dumps(meta)}
+
+
+def save_index(path: Path, arrays: dict) -> None:
+    """`build_index`'s arrays as a zip of .npy files with fixed timestamps (the same index, the same bytes)."""
 
     def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:

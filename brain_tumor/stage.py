@@ -43,6 +43,35 @@ def pause_point(stage: str, done: int) -> None:
         signal.pause()
 
 
+def signal_point(where: str) -> None:
+    """Fault injection for the signal tests: BRAIN_TUMOR_SIGTERM_AT=<where> makes the process send itself
+    SIGTERM at that point, as a `kill` arriving at that very moment would."""
+    if os.environ.get("BRAIN_TUMOR_SIGTERM_AT") == where:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def publishing() -> Iterator[None]:
+    """Put a stage's finished outputs in place as one step with respect to SIGTERM and Ctrl-C: a signal that
+    arrives while the block runs is held (Python runs signal handlers in the main thread, whichever thread the
+    kernel picked) and dropped when the block completes, since every output is then in place and the run ends
+    as a success. If the block fails, its error ends the run as usual."""
+    arrived: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: arrived.append(signum)) for sig in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if arrived:
+        names = ", ".join(sorted({signal.Signals(s).name for s in arrived}))
+        print(
+            f"note: {names} arrived while the finished outputs were being put in place: they are complete, "
+            "the run ends as a success",
+            file=sys.stderr,
+        )
+
+
 def producer_of(path: str, dvc_yaml: Path = Path("dvc.yaml")) -> str | None:
     """The dvc.yaml stage whose output holds `path` (so the user knows what to re-run), if any."""
     import yaml

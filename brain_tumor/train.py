@@ -55,7 +55,8 @@ from .models import (
 )
 from .numerics import reproducible, signature, threads
 from .outputs import atomic_write, cache_dir, file_sha256, temporary_dir
-from .seen import index_path, write_index
+from .seen import build_index, index_path, save_index
+from .stage import publishing, signal_point
 
 DIVERGED_LOSS = 10 * math.log(2)  # a best validation loss above 10x a coin flip's: the run diverged
 
@@ -545,16 +546,17 @@ def train_model(
                 trainable, train, val, cfg, device=device, amp=amp, on_epoch=log_epoch, resume=resume, network=model
             )
             if rank == 0:
-                threshold = params["split"]["similarity_threshold"]
-                write_index(
-                    index_path(model_path), split_dir, read_split_manifest(split_dir), manifest_sha256, threshold
-                )
+                manifest, threshold = read_split_manifest(split_dir), params["split"]["similarity_threshold"]
+                index = build_index(split_dir, manifest, manifest_sha256, threshold)
                 saved = {"state_dict": state.best_state, "meta": meta | state.best}
-                atomic_write(model_path, lambda p: save_checkpoint(saved, p))
                 live.summary["best"] = state.best
-                live.end()
-                replace_dir(live_tmp, live_dir)
-                resume.remove()
+                live.end()  # into the scratch folder
+                with publishing():  # every output, or (stopped before this) none
+                    save_index(index_path(model_path), index)
+                    atomic_write(model_path, lambda p: save_checkpoint(saved, p))
+                    signal_point("publishing")
+                    replace_dir(live_tmp, live_dir)
+                    resume.remove()
         finally:
             if live_tmp is not None:
                 shutil.rmtree(live_tmp, ignore_errors=True)

@@ -252,3 +252,32 @@ def test_resume_state_is_written_after_epoch_one_then_when_training_outweighs_wr
     assert resume.last_write_s == 2.0 and resume.load() == {"epoch": 1, "fingerprint": "fingerprint"}
     assert not resume.due(2)  # 5 s of training since a 2 s write: not yet
     assert resume.due(3)  # 20 s = SPEND x 2 s
+
+
+@pytest.mark.slow
+def test_a_stop_signal_while_outputs_are_put_in_place_ends_as_a_success_and_one_before_leaves_nothing(
+    split_dir, tiny_params, tmp_path
+):
+    """SIGTERM between the model file and the DVCLive folder (the moment the outputs are put in place) is held
+    and dropped: exit 0 with every output, consistent with each other. SIGTERM after the last epoch, before
+    that moment, ends the run with 143 and no output at all."""
+    import json
+
+    from brain_tumor.checkpoint import load_trained
+
+    work = workspace(tmp_path / "late", split_dir, tiny_params)
+    late = run_stage_script(work, "train_scratch", BRAIN_TUMOR_SIGTERM_AT="publishing")
+    assert late.returncode == 0 and "SIGTERM arrived while the finished outputs" in late.stderr, late.stderr
+    _, meta = load_trained(work / "models" / "scratch.pt")
+    summary = json.loads((work / "metrics" / "train_scratch" / "metrics.json").read_text())
+    assert summary["best"]["epoch"] == meta["epoch"] and summary["best"]["val_loss"] == meta["val_loss"]
+    assert (work / "models" / "scratch.seen.npz").is_file() and not (work / "models" / "scratch.resume.pt").exists()
+    assert not list(work.rglob(".tmp-*"))
+
+    work = workspace(tmp_path / "early", split_dir, tiny_params)
+    epochs = tiny_params["train_scratch"]["epochs"]
+    early = run_stage_script(work, "train_scratch", BRAIN_TUMOR_KILL_AFTER_EPOCH=f"{epochs}:TERM")
+    assert early.returncode == 143 and early.stderr.strip().endswith("stopped by SIGTERM; partial outputs removed")
+    outputs = sorted(p.name for p in (work / "models").iterdir() if not p.name.startswith("."))
+    assert outputs == ["scratch.resume.pt"]  # no output, only the state a re-run resumes from
+    assert not (work / "metrics" / "train_scratch").exists() and not list(work.rglob(".tmp-*"))
