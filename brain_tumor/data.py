@@ -69,16 +69,40 @@ def cache_problem(entry: Path, shape: tuple[int, ...], dtype: type) -> str | Non
     return None
 
 
-def cached_array(entry: Path, shape: tuple[int, ...], dtype: type, fill: Callable[[np.ndarray], None]) -> np.ndarray:
+SAMPLE_ROWS = 8  # rows of a cached array recomputed from their sources on every load
+
+
+def sample_rows(n: int) -> np.ndarray:
+    """Which rows to recompute: drawn anew on every load (not seeded), so no row can count on being skipped."""
+    return np.sort(np.random.default_rng().choice(n, min(SAMPLE_ROWS, n), replace=False))
+
+
+def cached_array(
+    entry: Path,
+    shape: tuple[int, ...],
+    dtype: type,
+    fill: Callable[[np.ndarray], None],
+    verify: Callable[[np.ndarray], str | None] | None = None,
+) -> np.ndarray:
     """The array cached in the folder `entry`, memory-mapped read-only; built by `fill(array)` when it is
     missing, and rebuilt (with one warning) when it fails its check.
+
+    What an entry is trusted for: its checksum (meta.json) catches damage, truncation and swapped entries,
+    but a checksum the cache stores itself cannot catch an entry whose array and checksum were both replaced.
+    So `verify(array)` also recomputes a few rows (`sample_rows`) from their sources on every load and names
+    a row that differs: a few rows' cost (measured in the README), which catches a wholesale replacement at
+    once and a single altered row of n with probability SAMPLE_ROWS / n per load.
 
     Built in a temporary folder beside it and renamed whole, so an interrupted build never leaves an entry
     that looks finished; when another process (a DDP rank) publishes the same entry first, its copy is used.
     """
     if entry.exists():
-        if (problem := cache_problem(entry, shape, dtype)) is None:
-            return np.load(entry / "array.npy", mmap_mode="r")
+        problem = cache_problem(entry, shape, dtype)
+        if problem is None:
+            array = np.load(entry / "array.npy", mmap_mode="r")
+            if verify is None or (problem := verify(array)) is None:
+                return array
+            del array
         warn(f"cache {entry}: {problem}; rebuilding it")
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
@@ -133,9 +157,14 @@ def load_split(split_dir: Path, split: str, image_size: int) -> SplitImages:
             for i, rgb in enumerate(progress(decoded, f"decode {split}", len(jobs), "img")):
                 array[i] = rgb
 
-    images = cached_array(
-        cache_dir() / f"{split}-{image_size}px-{key}", (len(rows), image_size, image_size, 3), np.uint8, decode
-    )
+    def verify(array: np.ndarray) -> str | None:
+        for i in sample_rows(len(rows)):
+            if not np.array_equal(array[i], _decode_resized((split_dir / rows["file"].iloc[i], image_size))):
+                return f"row {i} differs from its source image {rows['file'].iloc[i]} (replaced?)"
+        return None
+
+    entry = cache_dir() / f"{split}-{image_size}px-{key}"
+    images = cached_array(entry, (len(rows), image_size, image_size, 3), np.uint8, decode, verify)
     return SplitImages(images, rows["label"].astype(np.int64).to_numpy(), rows["id"].tolist(), key)
 
 

@@ -40,7 +40,17 @@ from . import models as models_module
 from .checkpoint import save_checkpoint
 from .console import progress
 from .contracts import read_split_manifest
-from .data import MEAN, STD, SplitImages, batch_indices, cached_array, code_fingerprint, load_split, to_input
+from .data import (
+    MEAN,
+    STD,
+    SplitImages,
+    batch_indices,
+    cached_array,
+    code_fingerprint,
+    load_split,
+    sample_rows,
+    to_input,
+)
 from .errors import PipelineError
 from .labels import CLASSES, require_both_classes
 from .models import (
@@ -440,8 +450,20 @@ def prefix_views(
                 with autocast(device, amp):
                     out[idx, view] = prefix(x.flip(-1) if view else x).float().cpu().numpy()
 
+    def verify(array: np.ndarray) -> str | None:
+        """A sample of rows recomputed in one batch: other batch sizes round differently, hence the tolerance."""
+        rows = sample_rows(len(split.labels))
+        x = to_input(split.images[rows], device)
+        for view in range(views):
+            with autocast(device, amp):
+                fresh = prefix(x.flip(-1) if view else x).float().cpu().numpy()
+            scale = max(float(np.abs(fresh).max()), 1e-6)
+            if not np.allclose(array[rows, view], fresh, rtol=0, atol=1e-3 * scale):
+                return f"rows {rows.tolist()} differ from the frozen prefix's output (replaced?)"
+        return None
+
     entry = cache_dir() / f"prefix-{key.hexdigest()[:24]}"
-    return cached_array(entry, (len(split.labels), views, *shape), np.float32, fill)
+    return cached_array(entry, (len(split.labels), views, *shape), np.float32, fill, verify)
 
 
 # ---------------------------------------------------------------- the stages

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -36,6 +37,43 @@ def test_images_are_decoded_once_into_a_keyed_cache(split_dir, tmp_path):
     again = load_split(split_dir, "train", 32)
     assert (cached[0] / "array.npy").stat().st_mtime_ns == mtime and again.key == first.key
     assert load_split(split_dir, "train", 48).key != first.key  # another size, another entry
+
+
+def forge(entry: Path, change) -> None:
+    """Replace a cache entry's array and its checksum together, as a forger (or a careless tool) would."""
+    import hashlib
+    import json
+
+    array = np.load(entry / "array.npy")
+    change(array)
+    np.save(entry / "array.npy", array)
+    meta = json.loads((entry / "meta.json").read_text())
+    meta["sha256"] = hashlib.sha256((entry / "array.npy").read_bytes()).hexdigest()
+    (entry / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["decoded", "prefix"])
+def test_a_cache_entry_replaced_with_its_checksum_is_caught_by_recomputed_rows(
+    split_dir, tiny_params, tmp_path, kind, capsys
+):
+    """Every row replaced (a wholesale swap) is caught on the next load: the sampled rows are recomputed from
+    their sources; the entry is rebuilt with one warning, and what the reader gets is the true content."""
+    cfg = tiny_params["train_transfer"] | {"unfreeze_last": 2}
+    images = load_split(split_dir, "train", cfg["image_size"])
+    if kind == "decoded":
+        load = lambda: load_split(split_dir, "train", cfg["image_size"]).images  # noqa: E731
+    else:
+        model = train.build_model("transfer", cfg)
+        load = lambda: train.prefix_views(model, images, 1, train.PREFIX_BATCH, torch.device("cpu"), None)  # noqa: E731
+    truth = np.array(load())
+    entry = next((tmp_path / "cache").glob("train-*" if kind == "decoded" else "prefix-*"))
+    capsys.readouterr()
+    forge(entry, lambda a: a.__setitem__(..., a[::-1].copy()))  # the rows in reverse order: same bytes, wrong rows
+    assert np.array_equal(np.array(load()), truth)
+    warning = capsys.readouterr().err
+    assert f"cache {entry}: row" in warning and "rebuilding it" in warning
+    assert np.array_equal(np.array(load()), truth) and capsys.readouterr().err == ""  # rebuilt: trusted again
 
 
 @pytest.mark.slow
