@@ -303,6 +303,8 @@ def test_an_external_set_is_measured_on_the_scans_the_models_have_not_seen(basel
     manifest = pd.read_csv(repo / "data" / "split" / "split_manifest.csv")
     external = repo / "data" / "external" / "other-scanner"
     folder = {1: "yes", 0: "no"}
+    for name in folder.values():
+        (external / name).mkdir(parents=True)
     copies = {
         "resaved.jpg": lambda x: x,
         "gamma.png": lambda x: 255 * (x / 255) ** 0.6,
@@ -312,7 +314,6 @@ def test_an_external_set_is_measured_on_the_scans_the_models_have_not_seen(basel
     for (name, change), row in zip(copies.items(), train.itertuples(), strict=True):
         rgb = np.asarray(Image.open(repo / "data" / "split" / row.file).convert("RGB"))
         path = external / folder[row.label] / f"copy-{name}"
-        path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.ascontiguousarray(change(rgb)).astype(np.uint8)).save(path)
     test = manifest[manifest["split"] == "test"]
     for row in test.itertuples():
