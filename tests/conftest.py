@@ -15,9 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from hypothesis import settings
 from PIL import Image
 
 PROJECT = Path(__file__).resolve().parents[1]
+
+# Property-based tests (tests/test_fuzz.py): `make test` runs a small, derandomised budget that writes no example
+# database (the same examples on every run, nothing left in the repository); `make fuzz` a large random one.
+settings.register_profile("ci", max_examples=12, deadline=None, derandomize=True, database=None)
+settings.register_profile("fuzz", max_examples=600, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def scan(seed: int, size: int = 32) -> np.ndarray:

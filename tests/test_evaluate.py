@@ -87,12 +87,23 @@ def test_operating_point_keeps_a_margin_on_the_target_sensitivity_and_stays_at_o
     sensitivity = (tumours >= point["threshold"]).mean()
     assert np.isclose(sensitivity, point["validation_sensitivity"], atol=1e-4)
     assert np.isclose(lower_bound(point["threshold"]), point["validation_sensitivity_lower"], atol=1e-4)
-    if point["threshold"] < ev.OPERATING_POINT_CAP and point["threshold"] > p.min():
-        assert lower_bound(point["threshold"]) >= target  # the margin holds ...
+    fallback = point["rule"].startswith("too few")  # target 1.0: no lower bound ever reaches it
+    reached = (lambda t: (tumours >= t).mean()) if fallback else lower_bound
+    if point["threshold"] < ev.OPERATING_POINT_CAP:
+        assert reached(point["threshold"]) >= target  # the margin holds ...
         above = p[p > point["threshold"]].min()
-        assert lower_bound(above) < target  # ... and the next higher threshold would lose it
+        assert reached(above) < target  # ... and the next higher threshold would lose it
+    assert fallback == (target == 1.0)
     specificity = ((p < point["threshold"]) & (y == 0)).sum() / (y == 0).sum()
     assert np.isclose(specificity, point["validation_specificity"], atol=1e-4)
+
+
+def test_too_few_validation_tumours_for_the_margin_fall_back_to_the_point_estimate():
+    y = np.array([1] * 14 + [0] * 18)  # 14 of 14 found gives a Wilson lower bound of 0.78 only
+    p = np.concatenate([np.linspace(0.3, 0.9, 14), np.linspace(0.0, 0.2, 18)])
+    point = choose_threshold(y, p, 0.95)
+    assert point["threshold"] == pytest.approx(0.3) and point["validation_specificity"] == 1.0
+    assert point["rule"].startswith("too few validation tumours")
 
 
 def test_a_shift_of_the_scores_costs_less_sensitivity_at_the_robust_point():
