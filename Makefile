@@ -37,7 +37,7 @@ test-fast: setup
 
 # the property-based tests with a large random example budget (make test runs a small fixed one)
 fuzz: setup
-	HYPOTHESIS_PROFILE=fuzz python -m pytest -n auto -m fuzz -p no:randomly --hypothesis-show-statistics
+	HYPOTHESIS_PROFILE=fuzz python -m pytest -n auto -m fuzz --hypothesis-show-statistics
 
 lint: setup
 	ruff check .

@@ -286,7 +286,8 @@ def _check(schema: dict, raw: Any, where: str, source: str) -> dict:
     if not isinstance(raw, dict):
         raise PipelineError(f"{prefix}{_show(raw)} is not allowed (expected a mapping of: {keys})")
     if unknown := [k for k in raw if k not in schema]:
-        name = f"{where}.{unknown[0]}" if where else str(unknown[0])
+        key = unknown[0] if isinstance(unknown[0], str) and unknown[0].isprintable() else repr(unknown[0])
+        name = f"{where}.{key}" if where else key
         raise PipelineError(f"{source}: {name}: unknown key (expected one of: {keys})")
     out = {}
     for key, spec in schema.items():

@@ -132,7 +132,7 @@ def exit_status(main: Callable[[], None]) -> int:
     try:
         main()
     except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).splitlines())}", file=sys.stderr)  # one line, whatever a value held
         return 1
     except OSError as err:
         print(f"error: {describe_os_error(err)}", file=sys.stderr)

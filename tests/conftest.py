@@ -23,7 +23,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 # Property-based tests (tests/test_fuzz.py): `make test` runs a small, derandomised budget that writes no example
 # database (the same examples on every run, nothing left in the repository); `make fuzz` a large random one.
 settings.register_profile("ci", max_examples=12, deadline=None, derandomize=True, database=None)
-settings.register_profile("fuzz", max_examples=600, deadline=None)
+settings.register_profile("fuzz", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
