@@ -303,7 +303,7 @@ def _check(schema: dict, raw: Any, where: str, source: str) -> dict:
             except Invalid as err:
                 raise PipelineError(f"{source}: {name}: {_show(raw[key])} is not allowed (expected {err})") from None
         else:
-            out[key] = spec.default
+            out[key] = list(spec.default) if isinstance(spec.default, tuple) else spec.default
     return out
 
 

@@ -357,6 +357,16 @@ def test_a_named_model_file_holding_the_other_kind_is_one_line(scans):
     assert_failed_cleanly(scans, result, before, "models/transfer.pt: holds the scratch model, expected the transfer")
 
 
+@pytest.mark.slow  # imports torch in the subprocess
+def test_a_forged_model_record_with_an_absurd_image_size_is_one_line_before_anything_is_allocated(scans):
+    """Issue 24: such a record made predict die with a MemoryError traceback."""
+    path = scans.root / "models" / "forged.pt"
+    save_checkpoint({"state_dict": {}, "meta": model_record("transfer", 32) | {"image_size": 10**9}}, path)
+    before = tree(scans.root)
+    result = predict(scans, "scans", "--out", "predictions.csv", model="models/forged.pt")
+    assert_failed_cleanly(scans, result, before, "models/forged.pt: model record's 'image_size' is out of range")
+
+
 # ---------------------------------------------------------------- ONNX metadata against its graph
 
 

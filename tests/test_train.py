@@ -319,3 +319,18 @@ def test_a_stop_signal_while_outputs_are_put_in_place_ends_as_a_success_and_one_
     outputs = sorted(p.name for p in (work / "models").iterdir() if not p.name.startswith("."))
     assert outputs == ["scratch.resume.pt"]  # no output, only the state a re-run resumes from
     assert not (work / "metrics" / "train_scratch").exists() and not list(work.rglob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_the_training_stage_rebuilds_a_forged_cache_and_writes_the_same_model(split_dir, tiny_params, tmp_path):
+    """Through the stage script: the decoded images of the train split inverted, checksum and all; the next
+    run says so in one warning line, rebuilds the entry and writes the model byte for byte as before."""
+    work = workspace(tmp_path / "work", split_dir, tiny_params)
+    assert run_stage_script(work, "train_scratch").returncode == 0
+    first = (work / "models" / "scratch.pt").read_bytes()
+    entry = next((tmp_path / "cache").glob("train-*"))
+    forge(entry, lambda a: a.__setitem__(..., 255 - a))
+    again = run_stage_script(work, "train_scratch")
+    assert again.returncode == 0, again.stderr
+    assert f"warning: cache {entry}: row" in again.stderr and "rebuilding it" in again.stderr
+    assert (work / "models" / "scratch.pt").read_bytes() == first
