@@ -151,7 +151,7 @@ def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, target_sensitivity: f
     """
     tumours = np.asarray(p_val)[np.asarray(y_val) == 1]
     candidates = np.unique(np.asarray(p_val))[::-1]  # highest first: sensitivity only grows from here
-    found = np.array([(tumours >= t).sum() for t in candidates])
+    found = len(tumours) - np.searchsorted(np.sort(tumours), candidates, side="left")  # tumours >= each
     lower, _ = wilson_interval(found, np.full(len(found), max(len(tumours), 1)))
     reaching = np.flatnonzero(lower >= target_sensitivity)
     rule = "highest threshold whose validation sensitivity's 95% Wilson lower bound reaches the target"
