@@ -101,15 +101,13 @@ def test_fresh_clone_reproduces_the_lock_byte_for_byte(baseline_repo, tmp_path):
 
 def test_a_rerun_that_writes_other_bytes_is_named_in_one_line_at_the_end(baseline_repo, tmp_path):
     """What a machine of another CPU type sees after `make repro` (dvc repro, then scripts/lock_check.py):
-    another thread count is this machine's way to sum the same floats in another order. A rerun with the
-    committed settings writes the same bytes and says nothing."""
+    another thread count is this machine's way to sum the same floats in another order. Nothing is said
+    where the lock was reproduced, or where an input changed on purpose."""
     repo = copy_of(baseline_repo, tmp_path / "repo")
     committed = repo / "committed.lock"
     shutil.copy(repo / "dvc.lock", committed)
     check = ["python", "scripts/lock_check.py", "--before", str(committed)]
-    sh(["dvc", "repro", "--force", "--single-item", "train-scratch"], repo)
-    assert (repo / "dvc.lock").read_text() == committed.read_text()
-    assert sh(check, repo).stderr == ""
+    assert sh(check, repo).stderr == ""  # reproduced (test_fresh_clone_reproduces_the_lock_byte_for_byte)
     sh(["env", "BRAIN_TUMOR_THREADS=1", "dvc", "repro", "--force", "--single-item", "train-scratch"], repo)
     sh(["dvc", "repro"], repo)  # evaluate and export follow the other model
     lines = sh(check, repo).stderr.splitlines()
