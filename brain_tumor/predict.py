@@ -319,7 +319,8 @@ def predict_paths(
 
 
 def seen_flags(similarity: np.ndarray, index: SeenIndex | None) -> np.ndarray:
-    """ "true" at or above the index's same-slice threshold, "false" below, "" where nothing was compared."""
+    """The seen_in_training column: true at or above the index's same-slice threshold, false below, empty
+    where nothing was compared (no index, or a file that could not be decoded)."""
     if index is None:
         return np.full(len(similarity), "", dtype=object)
     flags = np.where(similarity >= index.threshold, "true", "false").astype(object)
