@@ -49,9 +49,9 @@ def number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def interval(row) -> str:
-    """A subgroup row's 95% interval."""
-    return f"[{number(row.ci_lower)}, {number(row.ci_upper)}]"
+def bounds(low: float | None, high: float | None) -> str:
+    """A 95% interval as the card prints it."""
+    return f"[{number(low)}, {number(high)}]"
 
 
 def table(header: Iterable[str], rows: Iterable[Iterable[object]]) -> str:
@@ -171,7 +171,7 @@ def metrics_section(card: CardInputs) -> str:
                 *(
                     cell
                     for m in models
-                    for cell in (number(row[m]), f"[{number(row[f'{m}_ci_lower'])}, {number(row[f'{m}_ci_upper'])}]")
+                    for cell in (number(row[m]), bounds(row[f"{m}_ci_lower"], row[f"{m}_ci_upper"]))
                 ),
             ]
             for metric, row in card.metrics[folder].items()
@@ -190,7 +190,16 @@ specificity. Small groups have wide intervals: read the interval, not the point.
     if subgroups.empty:
         return intro + "\n\nThe test split holds one subtype and one source folder: no subgroups to report."
     rows = (
-        [*(r.model, r.grouping, r.group, r.threshold_name, r.n, r.errors), number(r.accuracy), interval(r)]
+        [
+            r.model,
+            r.grouping,
+            r.group,
+            r.threshold_name,
+            r.n,
+            r.errors,
+            number(r.accuracy),
+            bounds(r.ci_lower, r.ci_upper),
+        ]
         for r in subgroups.itertuples()
     )
     header = ["model", "grouping", "group", "threshold", "n", "errors", "accuracy", "95% CI"]
@@ -235,9 +244,8 @@ def external_section(name: str, result) -> str:
     rows = []
     for model, by_threshold in m["models"].items():
         for threshold_name, row in by_threshold.items():
-            cells = [
-                f"{number(row[k])} {interval_text(row, k)}" for k in ("accuracy", "recall", "specificity", "roc_auc")
-            ]
+            metrics = ("accuracy", "recall", "specificity", "roc_auc")
+            cells = [f"{number(row[k])} {bounds(row[f'{k}_ci_lower'], row[f'{k}_ci_upper'])}" for k in metrics]
             rows.append([model, threshold_name, *cells])
     notes = "".join(f"\n- {note}" for note in result.notes)
     return f"""## External set `{name}` (`metrics/external/{name}.json`)
@@ -249,11 +257,6 @@ Unseen: {m["unseen_tumor"]} tumour, {m["unseen_non_tumor"]} no tumour. Metrics o
 intervals:{notes}
 
 {table(["model", "threshold", "accuracy", "sensitivity", "specificity", "ROC AUC"], rows)}"""
-
-
-def interval_text(row: dict, metric: str) -> str:
-    low, high = row[f"{metric}_ci_lower"], row[f"{metric}_ci_upper"]
-    return "" if low is None or high is None else f"[{low:.4f}, {high:.4f}]"
 
 
 def reproduce_section() -> str:

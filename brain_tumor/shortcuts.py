@@ -10,6 +10,7 @@ check is close to it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,7 @@ def acquisition_kind(score: float) -> str:
 def statistics_table(files: list[Path], width: pd.Series, height: pd.Series, source: pd.Series) -> pd.DataFrame:
     """One row of STATISTICS per image (the decoded image's, then its original size and format from the
     manifest), and its estimated `acquisition` kind."""
-    processes = min(2, max(len(files), 1))
+    processes = min(os.cpu_count() or 1, max(len(files), 1))  # as the similarity descriptors are computed
     with worker_pool(processes) as pool:
         rows = list(progress(pool.imap(image_statistics, files, chunksize=64), "statistics", len(files), "img"))
     table = pd.DataFrame(rows, columns=[*INTENSITY, "colour", "csf_brightness"])
