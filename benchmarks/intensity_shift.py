@@ -1,11 +1,19 @@
-"""Benchmark: how a trained model holds up when the test scans come from another "scanner".
+"""Benchmark: how trained models hold up when the test scans come from another "scanner".
 
-The test split's scans go through intensity transforms that change how a sequence looks but not the anatomy
-(gamma, contrast, a non-monotonic remapping, inversion), and the model is scored on each at threshold 0.5
-and at its operating point, beside the unchanged scans, with McNemar's exact test against them (paired, per
-image). The decoded images are remapped in uint8, then resized and normalised exactly as predict does.
+For each model (the first is the baseline the others are compared with):
+- internal test accuracy, and sensitivity per estimated acquisition kind (the split manifest's column), with
+  Wilson intervals;
+- how many of its test errors the shortcut model shares (gradient-boosted trees on the split stage's
+  anatomy-free statistics, fitted on the train split): errors that follow the source, not the anatomy;
+- accuracy at 0.5 and at its operating point under intensity transforms that change how a sequence looks
+  but not the anatomy (gamma, contrast, a non-monotonic remapping, inversion), with McNemar's exact test
+  against the unchanged scans and, for every model after the first, against the baseline on the same scans.
 
-Usage: python benchmarks/intensity_shift.py [--split data/split] [--model models/transfer.pt]
+The decoded images are remapped in uint8, then resized and normalised exactly as predict does. The transforms
+are fixed members of the families `intensity_looks` trains with: a model trained with looks has seen their
+kind (not these scans), so the figures say how much the augmentation buys, not how another scanner will do.
+
+Usage: python benchmarks/intensity_shift.py [--split data/split] [--dataset data/dataset] MODEL.pt [MODEL.pt ...]
 """
 
 import argparse
@@ -14,15 +22,18 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from scipy.stats import binomtest
 
 from brain_tumor.checkpoint import load_trained
 from brain_tumor.contracts import read_split_manifest
 from brain_tumor.evaluate import p_tumor, predict_logits
 from brain_tumor.inference import threshold_file
+from brain_tumor.intensity import LEVELS
+from brain_tumor.intervals import wilson_interval
 from brain_tumor.resize import resize_rgb
+from brain_tumor.shortcuts import STATISTICS, fit_shortcut_models, statistics_table
 
-LEVELS = np.arange(256, dtype=np.float64) / 255
 TRANSFORMS = {  # uint8 look-up tables
     "unchanged": LEVELS,
     "gamma 0.6 (brighter)": LEVELS**0.6,
@@ -34,40 +45,82 @@ TRANSFORMS = {  # uint8 look-up tables
 
 
 def mcnemar(right: np.ndarray, other: np.ndarray) -> tuple[int, int, float]:
-    """(only unchanged right, only shifted right, exact two-sided p)."""
+    """(only `right` right, only `other` right, exact two-sided p)."""
     b, c = int((right & ~other).sum()), int((~right & other).sum())
     return b, c, float(binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0
 
 
+def fraction(k: int, n: int) -> str:
+    if not n:
+        return "no scans"
+    (low,), (high,) = wilson_interval(np.array([k]), np.array([n]))
+    return f"{k} / {n} = {k / n:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def shortcut_predictions(split: Path, dataset: Path, rows: pd.DataFrame, seed: int) -> np.ndarray:
+    """The shortcut model's test predictions: fitted on the train split's statistics, as the split stage does."""
+    both = read_split_manifest(split).query("split in ('train', 'test')")
+    sizes = pd.read_csv(dataset / "manifest.csv", dtype=str).set_index("id").loc[both["id"]]
+    stats = statistics_table([split / f for f in both["file"]], sizes["width"], sizes["height"], both["source"])
+    train = (both["split"] == "train").to_numpy()
+    model = fit_shortcut_models(stats[train], both["label"].astype(int).to_numpy()[train], seed)["gradient_boosting"]
+    x = stats.loc[~train, list(STATISTICS)].to_numpy(np.float64)
+    predicted = pd.Series(model.predict(x), index=both["id"][~train].to_numpy())
+    return predicted.loc[rows["id"]].to_numpy()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", type=Path, nargs="*", default=[Path("models/transfer.pt")])
     parser.add_argument("--split", type=Path, default=Path("data/split"))
-    parser.add_argument("--model", type=Path, default=Path("models/transfer.pt"))
+    parser.add_argument("--dataset", type=Path, default=Path("data/dataset"))
+    parser.add_argument("--seed", type=int, default=42, help="the shortcut model's seed (params: split.seed)")
     args = parser.parse_args()
-    load = os.getloadavg()[0]
-    model, meta = load_trained(args.model)
-    threshold = json.loads(threshold_file(args.model).read_text())["threshold"]
+    print(f"load average {os.getloadavg()[0]:.2f}")
     rows = read_split_manifest(args.split).query("split == 'test'")
     from PIL import Image
 
     decoded = [np.asarray(Image.open(args.split / f).convert("RGB")) for f in rows["file"]]
     labels = rows["label"].astype(int).to_numpy()
-    print(f"{args.model} on {len(labels)} test scans; operating point {threshold:.4f}; load average {load:.2f}")
-    columns = ["transform", "accuracy at 0.5", "sensitivity", "specificity", "accuracy at the operating point"]
-    print("| " + " | ".join([*columns, "McNemar vs unchanged (0.5)"]) + " |")
-    print("|---|---|---|---|---|---|")
-    base = None
-    for name, curve in TRANSFORMS.items():
-        table = np.round(curve * 255).astype(np.uint8)
-        batch = np.stack([resize_rgb(table[rgb], meta["image_size"]) for rgb in decoded])
-        score = p_tumor(predict_logits(model, batch, 64))
-        right = (score >= 0.5) == (labels == 1)
-        at_point = ((score >= threshold) == (labels == 1)).mean()
-        sens, spec = (score[labels == 1] >= 0.5).mean(), (score[labels == 0] < 0.5).mean()
-        base = right if base is None else base
-        b, c, p = mcnemar(base, right)
-        test = "-" if name == "unchanged" else f"{b} vs {c}, p = {p:.2g}"
-        print(f"| {name} | {right.mean():.4f} | {sens:.4f} | {spec:.4f} | {at_point:.4f} | {test} |")
+    shortcut = shortcut_predictions(args.split, args.dataset, rows, args.seed)
+    print(f"{len(labels)} test scans; the shortcut model alone gets {(shortcut == labels).mean():.4f} right")
+    baseline: dict[str, np.ndarray] = {}
+    for model_path in args.models:
+        model, meta = load_trained(model_path)
+        threshold = json.loads(threshold_file(model_path).read_text())["threshold"]
+        print(f"\n## {model_path} (operating point {threshold:.4f})\n")
+        right_by_transform = {}
+        columns = ["transform", "accuracy at 0.5", "sensitivity", "specificity", "at the operating point"]
+        compare = ["McNemar vs unchanged"] + (["McNemar vs baseline"] if baseline else [])
+        print("| " + " | ".join(columns + compare) + " |\n|" + "---|" * (len(columns) + len(compare)))
+        for name, curve in TRANSFORMS.items():
+            table = np.round(curve * 255).astype(np.uint8)
+            batch = np.stack([resize_rgb(table[rgb], meta["image_size"]) for rgb in decoded])
+            score = p_tumor(predict_logits(model, batch, 64))
+            right = (score >= 0.5) == (labels == 1)
+            right_by_transform[name] = right
+            at_point = ((score >= threshold) == (labels == 1)).mean()
+            sens, spec = (score[labels == 1] >= 0.5).mean(), (score[labels == 0] < 0.5).mean()
+            tests = [
+                "-"
+                if name == "unchanged"
+                else "{} vs {}, p = {:.2g}".format(*mcnemar(right_by_transform["unchanged"], right))
+            ]
+            if baseline:
+                tests.append("{} vs {}, p = {:.2g}".format(*mcnemar(right, baseline[name])))
+            print(
+                f"| {name} | {right.mean():.4f} | {sens:.4f} | {spec:.4f} | {at_point:.4f} | "
+                + " | ".join(tests)
+                + " |"
+            )
+        right = right_by_transform["unchanged"]
+        for kind in sorted(rows["acquisition"].unique()):
+            tumours = (labels == 1) & (rows["acquisition"] == kind).to_numpy()
+            print(f"sensitivity {kind}: {fraction(int(right[tumours].sum()), int(tumours.sum()))}")
+        errors = ~right
+        shared = int((errors & (shortcut != labels)).sum())
+        print(f"errors the shortcut model shares: {fraction(shared, int(errors.sum()))}")
+        baseline = baseline or right_by_transform
 
 
 if __name__ == "__main__":

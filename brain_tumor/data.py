@@ -90,7 +90,7 @@ def cached_array(
     What an entry is trusted for: its checksum (meta.json) catches damage, truncation and swapped entries,
     but a checksum the cache stores itself cannot catch an entry whose array and checksum were both replaced.
     So `verify(array)` also recomputes a few rows (`sample_rows`) from their sources on every load and names
-    a row that differs: a few rows' cost (measured in the README), which catches a wholesale replacement at
+    a row that differs: a few rows' decoding or prefix cost per load, which catches a wholesale replacement at
     once and a single altered row of n with probability SAMPLE_ROWS / n per load.
 
     Built in a temporary folder beside it and renamed whole, so an interrupted build never leaves an entry
@@ -181,7 +181,15 @@ def to_input(batch: np.ndarray, device: torch.device) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def batch_indices(n: int, batch_size: int, generator: torch.Generator | None) -> list[np.ndarray]:
-    """Index batches over n items: a fresh permutation per call when `generator` is given, else in order."""
-    order = torch.randperm(n, generator=generator).numpy() if generator is not None else np.arange(n)
+def batch_indices(
+    n: int, batch_size: int, generator: torch.Generator | None, weights: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """Index batches over n items: in order without `generator`; with it, a fresh permutation per call, or n
+    draws with replacement in proportion to `weights` when they are given."""
+    if generator is None:
+        order = np.arange(n)
+    elif weights is None:
+        order = torch.randperm(n, generator=generator).numpy()
+    else:
+        order = torch.multinomial(torch.from_numpy(weights), n, replacement=True, generator=generator).numpy()
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]

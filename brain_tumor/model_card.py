@@ -267,7 +267,7 @@ def reproduce_section() -> str:
     dvc metrics diff                           # test metrics (and ECE) against the last commit
 
 `dvc status` reports the models unchanged when their md5 matches the one above (dvc.lock). Training is
-reproducible to the byte on the same kind of CPU (README, "Reproducibility")."""
+reproducible to the byte on the same kind of CPU (docs/reproducibility.md)."""
 
 
 def render_card(card: CardInputs, card_path: Path) -> str:

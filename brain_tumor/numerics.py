@@ -1,6 +1,6 @@
-"""Reproducible numerics: the same bytes from the same inputs on any x86-64 CPU with AVX2 or better.
+"""Reproducible numerics: the same bytes from the same inputs on the same kind of CPU (not across vendors).
 
-Measured (README, "Reproducibility"): oneDNN picks its kernels by the CPU's instruction set, and results of
+Measured (docs/reproducibility.md): oneDNN picks its kernels by the CPU's instruction set, and results of
 the convolutions and linear layers also depend on the number of threads, so the same training run wrote
 different model files on AVX-512 and AVX2 machines and with 1, 2 or 3 threads. Reproducible mode, the
 default, caps oneDNN (and, for good measure, ATen and MKL) at AVX2 and fixes the thread count; it must be

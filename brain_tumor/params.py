@@ -211,6 +211,8 @@ TRAIN = {
     "label_smoothing": Float(0, 0.5, open_high=True, default=0.0),
     "augment": Bool(),
     "tta_flip": Bool(default=False),
+    "intensity_looks": Int(0, 16, default=0),  # random intensity remappings per training scan (intensity.py)
+    "balance_acquisition": Bool(default=False),  # draw T1-like and T2-like scans equally often within a class
     "precision": Choice(("fp32", "bf16", "auto")),
 }
 

@@ -88,6 +88,23 @@ def statistics_table(files: list[Path], width: pd.Series, height: pd.Series, sou
     return table[[*STATISTICS, "acquisition"]]
 
 
+def fit_shortcut_models(stats: pd.DataFrame, labels: np.ndarray, seed: int) -> dict:
+    """Gradient-boosted trees and logistic regression fitted on STATISTICS alone."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    models = {
+        "gradient_boosting": HistGradientBoostingClassifier(max_iter=200, random_state=seed),
+        "logistic_regression": make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
+    }
+    x = stats[list(STATISTICS)].to_numpy(np.float64)
+    for model in models.values():
+        model.fit(x, np.asarray(labels, np.int64))
+    return models
+
+
 def shortcut_check(stats: pd.DataFrame, labels: np.ndarray, splits: pd.Series, seed: int) -> dict:
     """Fit on the training split, score the test split: gradient-boosted trees and logistic regression.
 
@@ -95,23 +112,14 @@ def shortcut_check(stats: pd.DataFrame, labels: np.ndarray, splits: pd.Series, s
     classifier that knows nothing scores), and `warning`: the better one is at least MARGIN above that rate and
     the lower bound of its 95% Wilson interval is above it too.
     """
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     train, test = (splits == "train").to_numpy(), (splits == "test").to_numpy()
     x, y = stats[list(STATISTICS)].to_numpy(np.float64), np.asarray(labels, np.int64)
-    models = {
-        "gradient_boosting": HistGradientBoostingClassifier(max_iter=200, random_state=seed),
-        "logistic_regression": make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
-    }
+    models = fit_shortcut_models(stats[train], y[train], seed)
     n_test = int(test.sum())
     majority = float(max(np.bincount(y[test], minlength=2)) / n_test)
     result: dict = {"statistics": list(STATISTICS), "test_images": n_test, "majority_rate": round(majority, 4)}
     best = 0
     for name, model in models.items():
-        model.fit(x[train], y[train])
         correct = int((model.predict(x[test]) == y[test]).sum())
         result[f"{name}_accuracy"] = round(correct / n_test, 4)
         best = max(best, correct)

@@ -52,6 +52,7 @@ from .data import (
     to_input,
 )
 from .errors import PipelineError
+from .intensity import apply_looks, look_tables
 from .labels import CLASSES, require_both_classes
 from .models import (
     WEIGHTS_SHA256,
@@ -127,43 +128,72 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class Batches:
-    """Inputs (uint8 images, or cached prefix outputs with their views) and labels; `prepare` turns a slice of
-    rows into a model input, given which rows to mirror (training with flips) or None."""
+    """Inputs (uint8 images, or cached prefix outputs with their views) and labels; `prepare` turns rows into a
+    model input, given which rows to mirror and which intensity look each row takes (training), or None."""
 
     inputs: np.ndarray
     labels: np.ndarray
-    prepare: Callable[[np.ndarray, torch.Tensor | None], torch.Tensor]
+    prepare: Callable[[np.ndarray, torch.Tensor | None, np.ndarray | None], torch.Tensor]
     augment: bool = False  # training draws random horizontal flips for these inputs
+    looks: int = 1  # training draws one of this many intensity looks per row (look 0: the scan itself)
+    weights: np.ndarray | None = None  # training draws rows with these weights (with replacement), else shuffles
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def get(self, idx: np.ndarray, device: torch.device, flips: torch.Tensor | None = None):
-        return self.prepare(self.inputs[idx], flips), torch.from_numpy(self.labels[idx]).to(device)
+    def get(self, idx: np.ndarray, device: torch.device, flips: torch.Tensor | None = None, looks=None):
+        return self.prepare(idx, flips, looks), torch.from_numpy(self.labels[idx]).to(device)
 
 
-def image_batches(split: SplitImages, device: torch.device, augment: bool) -> Batches:
-    def prepare(batch: np.ndarray, flips: torch.Tensor | None) -> torch.Tensor:
+def image_batches(split: SplitImages, device: torch.device, augment: bool, tables: np.ndarray | None = None) -> Batches:
+    """Decoded images; `tables` (rows x looks x 256, see intensity.py) gives each row its intensity looks."""
+
+    def prepare(idx: np.ndarray, flips: torch.Tensor | None, looks: np.ndarray | None) -> torch.Tensor:
+        batch = split.images[idx]
+        if looks is not None:
+            batch = apply_looks(batch, tables[idx, looks])
         x = to_input(batch, device)
         if flips is not None:  # random horizontal flips: brains are near-symmetric
             flips = flips.to(x.device)
             x[flips] = x[flips].flip(-1)
         return x
 
-    return Batches(split.images, split.labels, prepare, augment)
+    return Batches(split.images, split.labels, prepare, augment, 1 if tables is None else tables.shape[1])
 
 
-def prefix_batches(views: np.ndarray, labels: np.ndarray, device: torch.device, augment: bool) -> Batches:
-    """Cached prefix outputs, N x V x ... (view 0 the image, view 1 its mirror): a training batch takes each
-    row's mirror where `flips` says, an evaluation batch all views (PrefixViews averages them for TTA)."""
+def prefix_batches(
+    views: np.ndarray, labels: np.ndarray, device: torch.device, augment: bool, looks: int = 1
+) -> Batches:
+    """Cached prefix outputs, N x (looks x mirrors) x ... (view look * mirrors: the look; + 1: its mirror): a
+    training batch takes each row's drawn look and mirror, an evaluation batch all views (PrefixViews averages
+    the image and its mirror for TTA)."""
+    mirrors = views.shape[1] // looks
 
-    def prepare(batch: np.ndarray, flips: torch.Tensor | None) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(batch))
-        if flips is not None:
-            x = x[torch.arange(len(x)), flips.long()].unsqueeze(1)
+    def prepare(idx: np.ndarray, flips: torch.Tensor | None, chosen: np.ndarray | None) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(views[idx]))
+        if flips is not None or chosen is not None:
+            view = torch.zeros(len(idx), dtype=torch.long)
+            if chosen is not None:
+                view += torch.from_numpy(chosen).long() * mirrors
+            if flips is not None:
+                view += flips.long()
+            x = x[torch.arange(len(x)), view].unsqueeze(1)
         return x.to(device)
 
-    return Batches(views, labels, prepare, augment)
+    return Batches(views, labels, prepare, augment, looks)
+
+
+def acquisition_weights(labels: np.ndarray, rows) -> np.ndarray:
+    """Sampling weights that give every estimated acquisition kind the same share of its class's draws, the
+    class's share unchanged: a rare kind of scan (T2-like tumours) is drawn as often as the common one."""
+    cell = rows["label"].astype(str).str.cat(rows["acquisition"].astype(str), sep=" ").to_numpy()
+    weights = np.empty(len(labels), dtype=np.float64)
+    for label in np.unique(labels):
+        in_class = labels == label
+        kinds, counts = np.unique(cell[in_class], return_counts=True)
+        per_cell = dict(zip(kinds, in_class.sum() / (len(kinds) * counts), strict=True))
+        weights[in_class] = [per_cell[c] for c in cell[in_class]]
+    return weights
 
 
 class PrefixViews(nn.Module):
@@ -220,13 +250,16 @@ def run_epoch(
     model.train(training)
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
     with torch.set_grad_enabled(training):
-        for idx in progress(batch_indices(len(batches), batch_size, generator), desc, unit="batch"):
+        order = batch_indices(len(batches), batch_size, generator, batches.weights if training else None)
+        for idx in progress(order, desc, unit="batch"):
             share = np.array_split(np.arange(len(idx)), size)[rank]
             local = idx[share]
-            flips = None
+            flips = looks = None
             if training and batches.augment:
                 flips = (torch.rand(len(idx), generator=augment_generator) < 0.5)[torch.from_numpy(share)]
-            x, y = batches.get(local, device, flips)
+            if training and batches.looks > 1:
+                looks = torch.randint(batches.looks, (len(idx),), generator=augment_generator).numpy()[share]
+            x, y = batches.get(local, device, flips, looks)
             with autocast(device, amp):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y, reduction="sum")
@@ -421,49 +454,59 @@ PREFIX_BATCH = 8  # images per batch of the prefix pass: 1.2-1.4x the speed of 6
 def prefix_views(
     model: TransferNet,
     split: SplitImages,
-    views: int,
+    mirrors: int,
     batch_size: int,
     device: torch.device,
     amp: torch.dtype | None,
     desc: str = "prefix",
+    tables: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The frozen prefix's output for every image of a split (and for its mirror when `views` is 2), cached
-    on disk as float32: N x views x (the prefix's output shape).
+    """The frozen prefix's output for every image of a split under each intensity look of `tables` (rows x
+    looks x 256; None: the image only), and for each look's mirror when `mirrors` is 2, cached on disk as
+    float32: N x (looks x mirrors) x (the prefix's output shape); view look * mirrors + mirror.
 
-    Key: the split's pixels, the weights' sha256, image size, normalisation, how many blocks are frozen and
-    the prefix's output shape, precision, device type, the batch size (kernels may round differently for
-    another one), and the producing code and library versions.
+    Key: the split's pixels, the look tables, the weights' sha256, image size, normalisation, how many blocks
+    are frozen and the prefix's output shape, precision, device type, the batch size (kernels may round
+    differently for another one), and the producing code and library versions.
     """
     prefix = model.frozen_prefix().to(device)
     size = split.images.shape[1]
     shape = tuple(prefix(torch.zeros(1, 3, size, size, device=device)).shape[1:])
-    code = code_fingerprint(prefix_views, to_input, TransferNet, autocast)
+    looks = 1 if tables is None else tables.shape[1]
+    code = code_fingerprint(prefix_views, to_input, TransferNet, autocast, apply_looks)
     key = hashlib.sha256(
-        f"{split.key} {WEIGHTS_SHA256} {split.images.shape} {MEAN} {STD} {model.n_frozen} {shape} {views} {amp} "
+        f"{split.key} {WEIGHTS_SHA256} {split.images.shape} {MEAN} {STD} {model.n_frozen} {shape} {mirrors} {amp} "
         f"{batch_size} {device.type} {signature()} {code}".encode()
     )
+    if tables is not None:
+        key.update(tables.tobytes())
+
+    def compute(rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), looks * mirrors, *shape), np.float32)
+        for look in range(looks):
+            images = split.images[rows] if look == 0 else apply_looks(split.images[rows], tables[rows, look])
+            x = to_input(images, device)
+            for mirror in range(mirrors):
+                with autocast(device, amp):
+                    out[:, look * mirrors + mirror] = prefix(x.flip(-1) if mirror else x).float().cpu().numpy()
+        return out
 
     def fill(out: np.ndarray) -> None:
         for idx in progress(batch_indices(len(split.labels), batch_size, None), desc, unit="batch"):
-            x = to_input(split.images[idx], device)
-            for view in range(views):
-                with autocast(device, amp):
-                    out[idx, view] = prefix(x.flip(-1) if view else x).float().cpu().numpy()
+            out[idx] = compute(idx)
 
     def verify(array: np.ndarray) -> str | None:
         """A sample of rows recomputed in one batch: other batch sizes round differently, hence the tolerance."""
         rows = sample_rows(len(split.labels))
-        x = to_input(split.images[rows], device)
-        for view in range(views):
-            with autocast(device, amp):
-                fresh = prefix(x.flip(-1) if view else x).float().cpu().numpy()
-            scale = max(float(np.abs(fresh).max()), 1e-6) * (1e-3 if amp is None else 3e-2)  # bf16: 8-bit mantissa
-            if not np.allclose(array[rows, view], fresh, rtol=0, atol=scale):
+        fresh = compute(rows)
+        for view in range(looks * mirrors):
+            scale = max(float(np.abs(fresh[:, view]).max()), 1e-6) * (1e-3 if amp is None else 3e-2)  # bf16: 8 bits
+            if not np.allclose(array[rows, view], fresh[:, view], rtol=0, atol=scale):
                 return f"rows {rows.tolist()} differ from the frozen prefix's output (replaced?)"
         return None
 
     entry = cache_dir() / f"prefix-{key.hexdigest()[:24]}"
-    return cached_array(entry, (len(split.labels), views, *shape), np.float32, fill, verify)
+    return cached_array(entry, (len(split.labels), looks * mirrors, *shape), np.float32, fill, verify)
 
 
 # ---------------------------------------------------------------- the stages
@@ -525,21 +568,23 @@ def train_model(
     for which, part in (("train", train_split), ("val", val_split)):
         require_both_classes(part.labels, f"{split_dir}: the {which} split")
 
+    looks = 1 + cfg["intensity_looks"]
+    tables = look_tables(cfg["seed"] + 3, len(train_split.labels), cfg["intensity_looks"]) if looks > 1 else None
     cached = kind == "transfer" and model.n_frozen > 0 and feature_cache is not False
-    if cached:  # the frozen prefix once per image (and mirror), the trainable part every epoch: same result
-        views = 2 if (cfg["augment"] or cfg["tta_flip"]) else 1
+    if cached:  # the frozen prefix once per image (look, mirror), the trainable part every epoch: same result
+        mirrors = 2 if (cfg["augment"] or cfg["tta_flip"]) else 1
         trainable = PrefixViews(model)
-        train, val = (
-            prefix_batches(
-                prefix_views(model, part, views, feature_batch, device, amp, f"prefix {name}"),
-                part.labels, device, cfg["augment"] and name == "train",
-            )
-            for name, part in (("train", train_split), ("val", val_split))
-        )  # fmt: skip
+        train_views = prefix_views(model, train_split, mirrors, feature_batch, device, amp, "prefix train", tables)
+        train = prefix_batches(train_views, train_split.labels, device, cfg["augment"], looks)
+        val_views = prefix_views(model, val_split, mirrors, feature_batch, device, amp, "prefix val")
+        val = prefix_batches(val_views, val_split.labels, device, False)
     else:
         trainable = model
-        train = image_batches(train_split, device, cfg["augment"])
+        train = image_batches(train_split, device, cfg["augment"], tables)
         val = image_batches(val_split, device, False)
+    if cfg["balance_acquisition"]:
+        rows = read_split_manifest(split_dir).query("split == 'train'")
+        train.weights = acquisition_weights(train_split.labels, rows)
 
     meta = architecture(kind, cfg) | {
         "classes": list(CLASSES),

@@ -8,7 +8,7 @@ For every stage: restored (not executed), or executed and why, from the lock bef
   (a lost object, `dvc gc`, a remote that was never pushed) - with --strict (CI_STRICT_CACHE=1) that fails
   the job, since nothing should have had to run;
 - and if such a re-run wrote different outputs than the lock records, the pipeline did not reproduce them
-  byte for byte on this machine (see the README's reproducibility section), which is said too.
+  byte for byte on this machine (see docs/reproducibility.md), which is said too.
 Then `dvc metrics diff` against the base revision, rows in a stable order, or a note that the base has none.
 """
 

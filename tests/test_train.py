@@ -14,6 +14,7 @@ from torch import nn
 
 from brain_tumor import ingest, split, train
 from brain_tumor.data import load_split
+from brain_tumor.intensity import look_tables
 from brain_tumor.models import GlobalDropout, seed_dropout, sync_batchnorm
 
 
@@ -103,8 +104,9 @@ def trained_state(kind, params, split_dir, out: Path, **kw) -> dict:
         # rests on the BatchNorm running statistics, which depend on every activation of both paths
         {"unfreeze_last": 2, "augment": True, "tta_flip": True, "label_smoothing": 0.1, "lr_schedule": "cosine"}
         | {"lr": 1e-7},
+        {"unfreeze_last": 0, "augment": True, "tta_flip": True, "intensity_looks": 2, "balance_acquisition": True},
     ],
-    ids=["frozen-backbone", "last-blocks-flips-tta"],
+    ids=["frozen-backbone", "last-blocks-flips-tta", "intensity-looks-balanced"],
 )
 def test_frozen_prefix_computed_once_matches_full_forward(split_dir, tiny_params, tmp_path, changes):
     params = tiny_params | {"train_transfer": tiny_params["train_transfer"] | changes}
@@ -120,6 +122,26 @@ def test_frozen_prefix_computed_once_matches_full_forward(split_dir, tiny_params
     for name in trained:
         torch.testing.assert_close(fast["state_dict"][name], slow["state_dict"][name], rtol=1e-3, atol=1e-5, msg=name)
     assert fast["meta"]["epoch"] == slow["meta"]["epoch"]
+
+
+@pytest.mark.slow
+def test_intensity_looks_change_what_training_sees(split_dir, tiny_params, tmp_path):
+    """The looks reach the model: with them the head learns something else; the cache holds every look and
+    mirror (view look * 2 + mirror), look 0 being the plain scan's entry."""
+    cfg = tiny_params["train_transfer"] | {"unfreeze_last": 0}
+    plain = trained_state("transfer", tiny_params | {"train_transfer": cfg}, split_dir, tmp_path / "plain")
+    looks = cfg | {"intensity_looks": 2}
+    remapped = trained_state("transfer", tiny_params | {"train_transfer": looks}, split_dir, tmp_path / "looks")
+    assert not torch.equal(plain["state_dict"]["head.1.weight"], remapped["state_dict"]["head.1.weight"])
+    model = train.build_model("transfer", looks)
+    images = load_split(split_dir, "train", cfg["image_size"])
+    tables = look_tables(looks["seed"] + 3, len(images.labels), 2)
+    views = train.prefix_views(model, images, 2, train.PREFIX_BATCH, torch.device("cpu"), None, tables=tables)
+    assert views.shape[1] == 6
+    np.testing.assert_array_equal(
+        views[:, :2], train.prefix_views(model, images, 2, train.PREFIX_BATCH, torch.device("cpu"), None)
+    )
+    assert not np.allclose(views[:, 0], views[:, 2]) and not np.allclose(views[:, 2], views[:, 4])
 
 
 @pytest.mark.slow
