@@ -19,7 +19,7 @@ DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-tumor
 def main() -> None:
     source = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
-    data = params["data"]
+    data = params.data
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         start = time.perf_counter()

@@ -40,7 +40,7 @@ def synthetic_vectors(n: int, seed: int = 0) -> np.ndarray:
 
 
 def synthetic(n: int) -> None:
-    settings = split.GroupingSettings.from_params(load_params(PARAMS)["split"])
+    settings = split.GroupingSettings.from_params(load_params(PARAMS).split)
     vectors = synthetic_vectors(n)
     start = time.perf_counter()
     neighbours = similarity.nearest_neighbours(vectors, split.NEIGHBOURS)
@@ -62,7 +62,7 @@ def synthetic(n: int) -> None:
 
 def real(source: Path) -> None:
     params = load_params(PARAMS)
-    data = params["data"]
+    data = params.data
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         start = time.perf_counter()

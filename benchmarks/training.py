@@ -25,6 +25,7 @@ import resource
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from brain_tumor.checkpoint import load_trained
 from brain_tumor.data import batch_indices, load_split
 from brain_tumor.evaluate import predict
 from brain_tumor.outputs import read_table, write_table
-from brain_tumor.params import load_params
+from brain_tumor.params import Params, load_params
 from brain_tumor.train import seed_everything
 
 SEED_RECIPE = {
@@ -68,17 +69,17 @@ class SeededBatches:
         return (self.n + self.batch_size - 1) // self.batch_size
 
 
-def seed_style(kind: str, params: dict, split_dir: Path) -> tuple[float, float]:
+def seed_style(kind: str, params: Params, split_dir: Path) -> tuple[float, float]:
     """The seed notebook's training loop: (test accuracy of the best-by-validation-loss weights, seconds)."""
     started = time.perf_counter()
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    cfg = params[f"train_{kind}"]
-    seed_everything(cfg["seed"])
+    cfg = params.training(kind)
+    seed_everything(cfg.seed)
     tf = transforms.Compose(
         [
-            transforms.Resize((cfg["image_size"], cfg["image_size"])),
+            transforms.Resize((cfg.image_size, cfg.image_size)),
             transforms.ToTensor(),
             transforms.Normalize((0.5,) * 3, (0.5,) * 3),
         ]
@@ -87,16 +88,16 @@ def seed_style(kind: str, params: dict, split_dir: Path) -> tuple[float, float]:
     # Shuffled like our stages (same seeded permutations), so that both sides see the same batches; each
     # loader gets its own generator so that starting an epoch does not draw from the global RNG, which
     # the head's dropout uses.
-    loaders = {s: DataLoader(d, batch_size=cfg["batch_size"], generator=torch.Generator()) for s, d in sets.items()}
+    loaders = {s: DataLoader(d, batch_size=cfg.batch_size, generator=torch.Generator()) for s, d in sets.items()}
     loaders["train"] = DataLoader(
         sets["train"],
         generator=torch.Generator(),
-        batch_sampler=SeededBatches(len(sets["train"]), cfg["batch_size"], cfg["seed"]),
+        batch_sampler=SeededBatches(len(sets["train"]), cfg.batch_size, cfg.seed),
     )
     model = train.build_model(kind, cfg)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"])
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     best, best_state = float("inf"), None
-    for _ in range(cfg["epochs"]):
+    for _ in range(cfg.epochs):
         model.train()
         for x, y in loaders["train"]:
             optimizer.zero_grad()
@@ -117,7 +118,7 @@ def seed_style(kind: str, params: dict, split_dir: Path) -> tuple[float, float]:
     return correct / len(loaders["test"].dataset), seconds
 
 
-def ours(kind: str, params: dict, split_dir: Path, work: Path) -> tuple[float, float]:
+def ours(kind: str, params: Params, split_dir: Path, work: Path) -> tuple[float, float]:
     """Our train-* stage's code: (test accuracy of the model it wrote, seconds)."""
     os.environ["BRAIN_TUMOR_CACHE"] = str(work / "cache")
     started = time.perf_counter()
@@ -173,11 +174,11 @@ def raw_backbone_throughput(image_size: int, batch: int = 64, repeats: int = 3) 
     return batch * repeats / (time.perf_counter() - start)
 
 
-def feature_pass(params: dict, split_dir: Path, work: Path, precision: str) -> tuple[float, np.ndarray]:
+def feature_pass(params: Params, split_dir: Path, work: Path, precision: str) -> tuple[float, np.ndarray]:
     """Our cached feature pass over the train split: (images/s, the features)."""
     os.environ["BRAIN_TUMOR_CACHE"] = str(work / f"cache_{precision}")
-    cfg = params["train_transfer"]
-    images = load_split(split_dir, "train", cfg["image_size"])  # decoded first: this measures the backbone pass
+    cfg = params.train_transfer
+    images = load_split(split_dir, "train", cfg.image_size)  # decoded first: this measures the backbone pass
     model = train.build_model("transfer", cfg).to(memory_format=torch.channels_last)
     device = torch.device("cpu")
     start = time.perf_counter()
@@ -240,29 +241,32 @@ def main() -> None:
     args = ap.parse_args()
     params = load_params()
     if args.seed_recipe:  # the comparison the speed-ups are quoted for
-        params["train_transfer"] |= SEED_RECIPE | {"unfreeze_last": 0, "head": "linear"}
-        params["train_scratch"] |= SEED_RECIPE
+        params = replace(
+            params,
+            train_transfer=replace(params.train_transfer, **SEED_RECIPE, unfreeze_last=0, head="linear"),
+            train_scratch=replace(params.train_scratch, **SEED_RECIPE),
+        )
     print(
         f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}, "
         f"cuda {torch.cuda.is_available()}"
     )
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        subset_split(args.split, args.images, params["split"]["seed"], tmp / "split")
+        subset_split(args.split, args.images, params.split.seed, tmp / "split")
         counts = {s: len(list((tmp / "split" / s).rglob("*.png"))) for s in ("train", "val", "test")}
         print(f"data: {counts} from {args.split}; params: params.yaml")
         for kind in args.models.split(","):
-            cfg = params[f"train_{kind}"]
+            cfg = params.training(kind)
             per_epoch = counts["train"] + counts["val"]
             (our_acc, our_s), _, our_rss = measure(ours, kind, params, tmp / "split", tmp / kind)
             print(
-                f"{kind}: ours       {our_s:.1f} s ({per_epoch * cfg['epochs'] / our_s:.1f} img/s), "
+                f"{kind}: ours       {our_s:.1f} s ({per_epoch * cfg.epochs / our_s:.1f} img/s), "
                 f"peak RSS {our_rss:.0f} MiB, test acc {our_acc:.4f}",
                 flush=True,
             )
             if kind == "scratch":
-                adam, _, _ = measure(adam_step_bound, cfg["image_size"])
-                steps = cfg["epochs"] * -(-counts["train"] // cfg["batch_size"])
+                adam, _, _ = measure(adam_step_bound, cfg.image_size)
+                steps = cfg.epochs * -(-counts["train"] // cfg.batch_size)
                 print(
                     f"scratch: {adam['parameters'] / 1e6:.1f}M parameters; streaming bandwidth "
                     f"{adam['bandwidth'] / 1e9:.1f} GB/s; fused Adam step {1e3 * adam['step_s']:.0f} ms vs its "
@@ -274,7 +278,7 @@ def main() -> None:
             if args.baseline:
                 (base_acc, base_s), _, base_rss = measure(seed_style, kind, params, tmp / "split", env=TORCH_DEFAULTS)
                 print(
-                    f"{kind}: seed-style {base_s:.1f} s ({per_epoch * cfg['epochs'] / base_s:.1f} img/s), "
+                    f"{kind}: seed-style {base_s:.1f} s ({per_epoch * cfg.epochs / base_s:.1f} img/s), "
                     f"peak RSS {base_rss:.0f} MiB, test acc {base_acc:.4f}"
                 )
                 print(
@@ -283,7 +287,7 @@ def main() -> None:
                     flush=True,
                 )
         if "transfer" in args.models:
-            size = params["train_transfer"]["image_size"]
+            size = params.train_transfer.image_size
             raw, _, _ = measure(raw_backbone_throughput, size)
             (fp32, f32), _, _ = measure(feature_pass, params, tmp / "split", tmp / "feat", "fp32")
             (bf16, fbf), _, _ = measure(feature_pass, params, tmp / "split", tmp / "feat", "bf16")

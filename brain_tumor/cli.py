@@ -26,7 +26,7 @@ def predict_command(args: argparse.Namespace) -> None:
         load_model,
         operating_point,
         predict_paths,
-        reasons_text,
+        refused_text,
         write_predictions,
         writing,
     )
@@ -43,7 +43,7 @@ def predict_command(args: argparse.Namespace) -> None:
     table = predict_paths(args.paths, model, threshold, args.batch_size, limits_from_params(), args.explain)
     predicted = int(table["p_tumor"].notna().sum())
     if not predicted:
-        raise PipelineError(f"no file could be predicted ({reasons_text(table) or 'no files found'})")
+        raise PipelineError(f"no file could be predicted ({refused_text(table) or 'no files found'})")
     if args.out is not None:
         with writing("--out", args.out):
             write_predictions(table, args.out)
@@ -60,7 +60,7 @@ def predict_command(args: argparse.Namespace) -> None:
             "(seen_in_training): a figure measured on them is partly a training-set figure",
             file=sys.stderr,
         )
-    skipped = f"; not predicted: {reasons_text(table)}" if predicted < len(table) else ""
+    skipped = f"; not predicted: {refused_text(table)}" if predicted < len(table) else ""
     written = f"; written to {args.out}" if args.out is not None else ""
     print(
         f"predicted {predicted} of {len(table)} files with {model.name} at threshold {threshold:g} ({source})"

@@ -10,13 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .labels import CLASSES, SPLITS
-
-LOOSER = (0.90, 0.85, 0.80)  # residual leakage is also counted at these similarities
-
-
-def leakage_levels(threshold: float) -> dict[str, float]:
-    """Report key -> similarity: the grouping threshold, then the looser levels below it."""
-    return {"above_threshold": threshold} | {f"above_{v:.2f}".replace(".", "_"): v for v in LOOSER if v < threshold}
+from .similarity import LOOSER, leakage_levels
 
 
 def write_people_report(

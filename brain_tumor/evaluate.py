@@ -25,6 +25,7 @@ from .intervals import wilson_interval
 from .labels import CLASSES
 from .model_card import CardInputs, ModelFile, training_params, write_model_card
 from .outputs import file_sha256, write_json, write_table
+from .params import EvaluateParams, Params, typed
 
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
 SUBGROUPS = ("subtype", "source_folder", "acquisition")  # manifest columns: class folder, first folder, kind
@@ -275,7 +276,7 @@ def read_report_manifest(split_dir: Path) -> pd.DataFrame:
 
 
 def evaluate_models(
-    params: dict,
+    params: Params | dict,
     split_dir: Path,
     model_paths: dict[str, Path],
     metrics_dir: Path,
@@ -285,7 +286,8 @@ def evaluate_models(
     """The evaluate stage: operating point on validation, then test predictions; reports (metrics with
     bootstrap intervals at 0.5 and at that point, subgroups, calibration, the model card) and PNG figures.
     Returns each model's test metrics at 0.5."""
-    cfg = params["evaluate"]
+    params = typed(params)
+    cfg = params.evaluate
     manifest = read_report_manifest(split_dir)  # first: a model cannot be checked against a split in doubt
     manifest_sha256 = file_sha256(split_dir / "split_manifest.csv")
     trained = {  # all checked before any write: the right kind of model, trained on this very split
@@ -294,13 +296,13 @@ def evaluate_models(
     }
     logged = {name: training_params(metrics_dir / f"train_{name}" / "params.yaml") for name in model_paths}
     external_sets, index = [], None
-    if cfg["external"]:  # read (and refused, if they must be) before anything is written
+    if cfg.external:  # read (and refused, if they must be) before anything is written
         from .external import read_external_sets
         from .seen import index_path, read_index
 
         first = next(iter(model_paths))
         index = read_index(index_path(model_paths[first]), trained[first][1]["split_manifest_sha256"])
-        external_sets = read_external_sets(cfg["external"], params["data"])
+        external_sets = read_external_sets(cfg.external, params.data)
     validated = {}  # every model checked against its validation record before anything is written
     for name, path in model_paths.items():
         model, meta = trained[name]
@@ -308,16 +310,16 @@ def evaluate_models(
         test = load_split(split_dir, "test", meta["image_size"])
         if not len(test.labels) or not len(val.labels):
             raise PipelineError(f"{split_dir}: the val and test splits must both hold images")
-        val_logits = predict_logits(model, val.images, cfg["batch_size"])
+        val_logits = predict_logits(model, val.images, cfg.batch_size)
         check_validation_figures(path, meta, val.labels, val_logits)
         validated[name] = (val, p_tumor(val_logits), test)
     runs: dict[str, ModelRun] = {}
     for name, path in model_paths.items():
         model, meta = trained[name]
         val, p_val, test = validated[name]
-        operating_point = choose_threshold(val.labels, p_val, cfg["target_sensitivity"])
+        operating_point = choose_threshold(val.labels, p_val, cfg.target_sensitivity)
         write_threshold(path, operating_point, file_sha256(path))
-        score = p_tumor(predict_logits(model, test.images, cfg["batch_size"]))
+        score = p_tumor(predict_logits(model, test.images, cfg.batch_size))
         outcome = TestPredictions(test.labels, score, operating_point["threshold"], test.images)
         runs[name] = ModelRun(ModelFile(path, meta, logged[name], operating_point), val.labels, p_val, outcome)
         gallery(model, test.images, test.labels, score, outcome.threshold, figures_dir / f"gallery_{name}.png")
@@ -334,11 +336,11 @@ def evaluate_models(
     return {name: {metric: row[name] for metric, row in metrics["test"].items()} for name in runs}
 
 
-def threshold_metrics(runs: dict[str, ModelRun], cfg: dict) -> dict[str, dict[str, dict]]:
+def threshold_metrics(runs: dict[str, ModelRun], cfg: EvaluateParams) -> dict[str, dict[str, dict]]:
     """{metrics folder: {metric: row}}: both models at each threshold, with bootstrap intervals."""
     point: dict[str, dict] = {folder: {} for folder in THRESHOLD_DIRS.values()}
     intervals: dict[str, dict] = {folder: {} for folder in THRESHOLD_DIRS.values()}
-    samples, seed = cfg["bootstrap_samples"], cfg["seed"]
+    samples, seed = cfg.bootstrap_samples, cfg.seed
     for name, run in runs.items():
         o = run.test
         for threshold_name, predicted in o.by_threshold().items():
@@ -349,7 +351,7 @@ def threshold_metrics(runs: dict[str, ModelRun], cfg: dict) -> dict[str, dict[st
 
 
 def write_reports(
-    params: dict,
+    params: Params | dict,
     manifest: pd.DataFrame,
     runs: dict[str, ModelRun],
     metrics_dir: Path,
@@ -361,13 +363,13 @@ def write_reports(
     test_operating_point,validation}/*.json, metrics/evaluate/ tables, calibration.json, metrics/external/
     (one file per external set, and sets.json) and the model card.
     The card is rendered from the very dicts written to the metric files, so the two cannot disagree."""
-    external = external or {}
+    params, external = typed(params), external or {}
     write_json(metrics_dir / "external" / "sets.json", {"external_sets": len(external)})
     for name, result in external.items():
         write_json(metrics_dir / "external" / f"{name}.json", result.metrics)
         write_table(metrics_dir / "evaluate" / "external" / f"{name}_seen.csv", result.seen)
     test_rows = manifest[manifest["split"] == "test"].reset_index(drop=True)
-    metrics = threshold_metrics(runs, params["evaluate"]) | {"validation": validation_rows(runs)}
+    metrics = threshold_metrics(runs, params.evaluate) | {"validation": validation_rows(runs)}
     calibration = {name: calibration_row(run) for name, run in runs.items()}
     for folder, rows in metrics.items():
         for metric, row in rows.items():
@@ -379,8 +381,9 @@ def write_reports(
     write_json(metrics_dir / "evaluate" / "calibration.json", calibration)
     write_json(metrics_dir / "test" / "ece.json", {name: c["ece"] for name, c in calibration.items()})  # metrics diff
     card = CardInputs(
-        source=params["data"]["source"],
-        evaluate=params["evaluate"],
+        source=params.data.source,
+        evaluate=params.evaluate,
+        similarity_threshold=params.split.similarity_threshold,
         manifest=manifest,
         models={name: run.file for name, run in runs.items()},
         metrics=metrics,
@@ -415,14 +418,14 @@ def calibration_row(run: ModelRun) -> dict[str, float | None]:
     return {key: json_number(value) for key, value in report.items()}
 
 
-def write_figures(outcomes: dict[str, TestPredictions], cfg: dict, figures_dir: Path) -> None:
+def write_figures(outcomes: dict[str, TestPredictions], cfg: EvaluateParams, figures_dir: Path) -> None:
     from .figures import confusion_figure, operating_point_figure, prediction_grid, reliability_figure
 
     for name, outcome in outcomes.items():
         confusion_figure(outcome, name, figures_dir / f"confusion_{name}.png")
         reliability_figure(outcome.labels, outcome.p_tumor, name, figures_dir / f"reliability_{name}.png")
     operating_point_figure(outcomes, figures_dir / "roc_pr.png")
-    prediction_grid(outcomes, cfg["grid_images"], cfg["seed"], figures_dir / "test_predictions.png")
+    prediction_grid(outcomes, cfg.grid_images, cfg.seed, figures_dir / "test_predictions.png")
 
 
 def write_model_tables(name: str, outcome: TestPredictions, ids: list[str], out_dir: Path) -> None:

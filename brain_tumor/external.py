@@ -25,6 +25,7 @@ from .evaluate import binary_metrics, bootstrap_ci, json_number, p_tumor, predic
 from .ingest import ingest_folder, ingest_settings, open_source
 from .labels import CLASSES
 from .outputs import scratch_dir
+from .params import DataParams, EvaluateParams
 from .resize import resize_rgb
 from .seen import SeenIndex, nearest_seen
 
@@ -47,13 +48,13 @@ def set_name(path: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).stem) or "external"
 
 
-def read_external(path: str, data: dict) -> ExternalSet:
+def read_external(path: str, data: DataParams) -> ExternalSet:
     """One external set, read with ingest's rules into a scratch folder that is removed afterwards."""
     from PIL import Image
 
     EXTERNAL_DIR.mkdir(parents=True, exist_ok=True)
     with scratch_dir(EXTERNAL_DIR.parent, "external") as work:
-        max_bytes = int(data["max_archive_mb"]) * 2**20
+        max_bytes = data.max_archive_mb * 2**20
         root, refused = open_source(path, EXTERNAL_DIR, work, max_bytes, key="evaluate.external")
         settings = ingest_settings(data)
         report = ingest_folder(
@@ -69,7 +70,7 @@ def read_external(path: str, data: dict) -> ExternalSet:
     )
 
 
-def read_external_sets(paths: list[str], data: dict) -> list[ExternalSet]:
+def read_external_sets(paths: tuple[str, ...], data: DataParams) -> list[ExternalSet]:
     sets = [read_external(path, data) for path in paths]
     names = [s.name for s in sets]
     if len(set(names)) < len(names):
@@ -102,7 +103,7 @@ class ExternalResult:
 
 
 def evaluate_external(
-    ext: ExternalSet, models: dict[str, tuple], thresholds: dict[str, float], index: SeenIndex, cfg: dict
+    ext: ExternalSet, models: dict[str, tuple], thresholds: dict[str, float], index: SeenIndex, cfg: EvaluateParams
 ) -> ExternalResult:
     """Counts, then per model and threshold the metrics on the unseen scans of one external set.
 
@@ -126,9 +127,9 @@ def evaluate_external(
     ]
     metrics: dict = counts | {"models": {}}
     for name, (model, image_size) in models.items():
-        score = external_scores(model, ext.images, image_size, cfg["batch_size"])[unseen]
+        score = external_scores(model, ext.images, image_size, cfg.batch_size)[unseen]
         y = ext.labels[unseen]
-        samples, seed = cfg["bootstrap_samples"], cfg["seed"]
+        samples, seed = cfg.bootstrap_samples, cfg.seed
         metrics["models"][name] = {
             "0.5": unseen_metrics(y, score, 0.5, samples, seed),
             "operating_point": unseen_metrics(y, score, thresholds[name], samples, seed),

@@ -28,6 +28,7 @@ from .errors import PipelineError, one_line
 from .images import RejectedFile, decode_scan, perceptual_hash, pixel_sha256, save_png
 from .labels import CLASSES, require_both_classes
 from .outputs import atomic_dir, atomic_write, scratch_dir, write_json, write_table
+from .params import DataParams, Params, typed
 from .sources import Item, is_system_file, safe_extract, scan_files
 from .stage import pause_point, worker_pool
 
@@ -188,10 +189,10 @@ def kaggle_items(
     return items
 
 
-def folder_label_map(data: dict) -> dict[str, str]:
+def folder_label_map(data: DataParams) -> dict[str, str]:
     """Folder name -> class from the params' two folder lists (names compare case-insensitively)."""
-    tumor = {str(name).lower() for name in data["tumor_folders"]}
-    non_tumor = {str(name).lower() for name in data["non_tumor_folders"]}
+    tumor = {name.lower() for name in data.tumor_folders}
+    non_tumor = {name.lower() for name in data.non_tumor_folders}
     if both := sorted(tumor & non_tumor):
         raise PipelineError(f"data.tumor_folders and data.non_tumor_folders both name {', '.join(both)}")
     return dict.fromkeys(tumor, "tumor") | dict.fromkeys(non_tumor, "non_tumor")
@@ -225,7 +226,7 @@ def list_items(root: Path, labels: dict[str, str], name: str | None = None) -> t
     files, refused = scan_files(root)
     system = sum(is_system_file(f) for f in files)
     if len(files) == system:
-        refused_text = f" ({_reasons_text(Counter(item.reason for item in refused))} refused)" if refused else ""
+        refused_text = f" ({reasons_text(Counter(item.reason for item in refused))} refused)" if refused else ""
         raise PipelineError(f"{name}: no files found{refused_text}")
     tables = find_label_tables(root, files, name)
     items = kaggle_items(root, files, tables, name, refused) if tables else folder_items(root, files, labels, name)
@@ -295,13 +296,13 @@ def near_duplicate_groups(hashes: np.ndarray, max_distance: int) -> np.ndarray:
 # ---------------------------------------------------------------- the stage
 
 
-def ingest_settings(data: dict) -> dict:
+def ingest_settings(data: DataParams) -> dict:
     """`ingest_folder`'s settings from the params' `data` section (the stage and the benchmarks share them)."""
     return {
         "labels": folder_label_map(data),
-        "near_duplicate_distance": int(data["near_duplicate_distance"]),
-        "max_reject_fraction": float(data["max_reject_fraction"]),
-        "max_pixels": int(data["max_image_pixels"]),
+        "near_duplicate_distance": data.near_duplicate_distance,
+        "max_reject_fraction": data.max_reject_fraction,
+        "max_pixels": data.max_image_pixels,
         "processes": os.cpu_count() or 1,
     }
 
@@ -369,8 +370,8 @@ def ingest_folder(
             }
         )
 
-        report = data_report(files, manifest, len(conflicts), system_files, name)
-        reasons = _reasons_text(report["rejected_by_reason"])
+        report = ingest_report(files, manifest, len(conflicts), system_files, name)
+        reasons = reasons_text(report["rejected_by_reason"])
         if manifest.empty:
             raise PipelineError(f"{name}: no usable image ({reasons})")
         if report["rejected_fraction"] > max_reject_fraction:
@@ -394,11 +395,12 @@ def top_folder(source: str) -> str:
     return parts[0] if len(parts) > 1 else ""
 
 
-def _reasons_text(by_reason: Mapping[str, int]) -> str:
+def reasons_text(by_reason: Mapping[str, int]) -> str:
+    """ "reason count, ..." in reason order, as every one-line summary of refused files says it."""
     return ", ".join(f"{k} {v}" for k, v in sorted(by_reason.items())) or "no files"
 
 
-def data_report(
+def ingest_report(
     files: pd.DataFrame, manifest: pd.DataFrame, conflict_groups: int, system_files: int, source: str
 ) -> dict:
     """Counts for metrics/ingest.json and the data report: files by fate, reasons, duplicate groups, classes."""
@@ -448,19 +450,19 @@ def open_source(
     raise PipelineError(f"{key}: {source!r} is neither a folder nor a .zip archive")
 
 
-def build_dataset(params: dict, raw_dir: Path, out_dir: Path, report_path: Path) -> dict:
+def build_dataset(params: Params | dict, raw_dir: Path, out_dir: Path, report_path: Path) -> dict:
     """The ingest stage: params -> canonical dataset in `out_dir` and the data report at `report_path`."""
-    data = params["data"]
+    data = typed(params).data
     with scratch_dir(out_dir.parent, "ingest") as work:  # next to the output, removed even after a kill
-        source = str(data["source"])
+        source = data.source
         if Path(source) == SYNTHETIC_SOURCE:  # the built-in set, generated from data.synthetic
             from .synthetic import write_kaggle_layout
 
-            syn = data["synthetic"]
-            write_kaggle_layout(work, syn["n_images"], syn["image_size"], syn["tumor_fraction"], syn["seed"])
+            syn = data.synthetic
+            write_kaggle_layout(work, syn.n_images, syn.image_size, syn.tumor_fraction, syn.seed)
             root, refused = work, []
         else:
-            root, refused = open_source(source, raw_dir, work, int(data["max_archive_mb"]) * 2**20)
+            root, refused = open_source(source, raw_dir, work, data.max_archive_mb * 2**20)
         report = ingest_folder(root, out_dir, **ingest_settings(data), pre_rejected=refused, source_name=source)
     write_json(report_path, report)
     return report

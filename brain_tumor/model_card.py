@@ -17,9 +17,9 @@ import pandas as pd
 from .errors import PipelineError
 from .labels import CLASSES, SPLITS
 from .outputs import atomic_write, file_digest, file_sha256
-from .params import read_yaml
+from .params import EvaluateParams, read_yaml
+from .similarity import leakage_levels
 
-LEAKAGE_LEVELS = (0.95, 0.90, 0.85)  # train_similarity: the same slice re-processed ... a neighbouring slice
 METRIC_NAMES = {"recall": "`recall` (sensitivity)", "roc_auc": "`roc_auc` (threshold-free)"}
 
 
@@ -34,7 +34,8 @@ class ModelFile:
 @dataclass
 class CardInputs:
     source: str  # params data.source
-    evaluate: dict  # params evaluate
+    evaluate: EvaluateParams  # params evaluate
+    similarity_threshold: float  # params split.similarity_threshold: the same slice, however re-processed
     manifest: pd.DataFrame  # data/split/split_manifest.csv
     models: dict[str, ModelFile]
     metrics: dict[str, dict[str, dict]]  # metrics folder -> {metric: row}, exactly as written there
@@ -87,10 +88,10 @@ def data_section(card: CardInputs) -> str:
         "held-out metrics may be optimistic"
     )
     similarity = pd.to_numeric(rows["train_similarity"], errors="coerce")  # empty (NaN) for training images
-    leakage = []
+    leakage, levels = [], leakage_levels(card.similarity_threshold).values()
     for split in ("val", "test"):
         held_out = similarity[rows["split"] == split]
-        leakage.append([split, len(held_out), *(int((held_out >= level).sum()) for level in LEAKAGE_LEVELS)])
+        leakage.append([split, len(held_out), *(int((held_out >= level).sum()) for level in levels)])
     return f"""## Data and lineage
 
 Source: `{card.source}` (params `data.source`); source folders: {folders}. Ingest decodes, deduplicates and
@@ -104,9 +105,10 @@ Images per subtype (class folder) and split:
 {table(["subtype", *SPLITS], ([t, *subtypes.loc[t]] for t in subtypes.index))}
 
 Split method: {method}. Residual leakage: held-out images whose most similar training image reaches each
-cosine similarity (manifest column `train_similarity`; 0.95 is the same slice re-processed, 0.85 a neighbour):
+cosine similarity (manifest column `train_similarity`; {card.similarity_threshold:.2f}, the split's threshold, is the
+same slice re-processed; the lower levels reach neighbouring slices):
 
-{table(["split", "images", *(f">= {level:.2f}" for level in LEAKAGE_LEVELS)], leakage)}"""
+{table(["split", "images", *(f">= {level:.2f}" for level in levels)], leakage)}"""
 
 
 def training_params(path: Path) -> dict:
@@ -160,7 +162,7 @@ def metrics_section(card: CardInputs) -> str:
     n_test = int((card.manifest["split"] == "test").sum())
     parts = [
         f"## Test metrics\n\n{n_test} test images, never used to train or to choose a threshold; 95% percentile "
-        f"bootstrap intervals ({card.evaluate['bootstrap_samples']} resamples of the test split). Tumour is the "
+        f"bootstrap intervals ({card.evaluate.bootstrap_samples} resamples of the test split). Tumour is the "
         "positive class: `recall` is sensitivity."
     ]
     models = list(card.models)

@@ -10,6 +10,7 @@ from torch import nn
 
 from .errors import PipelineError
 from .outputs import file_sha256
+from .params import TrainParams, TransferParams
 
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"  # torchvision's MobileNet_V2_Weights.IMAGENET1K_V1
 WEIGHTS_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
@@ -128,15 +129,15 @@ class TransferNet(nn.Module):
         return prefix.to(memory_format=torch.channels_last)
 
 
-def architecture(kind: str, cfg: dict) -> dict:
+def architecture(kind: str, cfg: TrainParams) -> dict:
     """What decides the function a model computes, from a training section of params.yaml: the part of a
     model file's record that `build_network` reads (the rest of the record is provenance)."""
     return {
         "kind": kind,
-        "image_size": cfg["image_size"],
-        "head": cfg.get("head", ""),
-        "unfreeze_last": cfg.get("unfreeze_last", 0),
-        "tta_flip": cfg["tta_flip"],
+        "image_size": cfg.image_size,
+        "head": cfg.head if isinstance(cfg, TransferParams) else "",
+        "unfreeze_last": cfg.unfreeze_last if isinstance(cfg, TransferParams) else 0,
+        "tta_flip": cfg.tta_flip,
     }
 
 

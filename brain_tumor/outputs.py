@@ -101,13 +101,18 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     tmp = temporary_dir(target.parent, target.name)
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the output gets the usual permissions
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        publish_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def publish_dir(finished: Path, target: Path) -> None:
+    """Move the finished scratch folder to `target` in one rename (the old `target` goes first)."""
+    os.chmod(finished, 0o777 & ~_umask())  # mkdtemp makes it private; the output gets the usual permissions
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(finished, target)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:

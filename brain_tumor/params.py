@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -201,59 +201,121 @@ def _within(value: float, low, high, open_low: bool = False, open_high: bool = F
 Spec = Int | Float | Bool | Choice | Text | TextList
 
 SEED = Int(0, 2**32 - 1)  # numpy and torch take seeds in this range
-TRAIN = {
-    "seed": SEED,
-    "image_size": Int(32, 1024),
-    "batch_size": Int(1, 4096),
-    "epochs": Int(1, 10000),
-    "lr": Float(0, 1, open_low=True),
-    "lr_schedule": Choice(("constant", "cosine"), default="constant"),
-    "label_smoothing": Float(0, 0.5, open_high=True, default=0.0),
-    "augment": Bool(),
-    "tta_flip": Bool(default=False),
-    "intensity_looks": Int(0, 16, default=0),  # random intensity remappings per training scan (intensity.py)
-    "balance_acquisition": Bool(default=False),  # draw T1-like and T2-like scans equally often within a class
-    "precision": Choice(("fp32", "bf16", "auto")),
-}
 
-SCHEMA: dict[str, Any] = {
-    "data": {
-        "source": Text(),
-        "synthetic": {
-            "seed": SEED,
-            "n_images": Int(2, 100_000),
-            "image_size": Int(32, 1024),
-            "tumor_fraction": Float(0, 1, open_low=True, open_high=True),
-        },
-        "tumor_folders": TextList(),
-        "non_tumor_folders": TextList(),
-        "near_duplicate_distance": Int(-1, 64),
-        "max_reject_fraction": Float(0, 1),
-        "max_archive_mb": Int(low=1),
-        "max_image_pixels": Int(low=1),
-    },
-    "split": {
-        "seed": SEED,
-        "train": Float(0, 1),
-        "val": Float(0, 1),
-        "test": Float(0, 1),
-        "group_duplicates": Bool(),
-        "similarity_threshold": Float(0, 1, open_low=True, default=0.95),
-        "neighbour_threshold": Float(0, 1, open_low=True, default=0.85),
-        "mutual_neighbours": Int(0, 8, default=2),
-        "max_group_size": Int(low=2, default=100),
-    },
-    "train_scratch": TRAIN | {"image_size": Int(32, 1024, multiple_of=4)},
-    "train_transfer": TRAIN | {"head": Choice(("linear", "mlp")), "unfreeze_last": Int(0, 19)},
-    "evaluate": {
-        "seed": SEED,
-        "batch_size": Int(1, 4096),
-        "bootstrap_samples": Int(1, 100_000),
-        "grid_images": Int(1, 256),
-        "target_sensitivity": Float(0, 1, open_low=True, default=0.95),
-        "external": TextList(default=()),  # labelled test sets under data/external/, read with ingest's rules
-    },
-}
+
+def spec(allowed: Spec) -> Any:
+    """A param: its type, range and default live here, in the schema, and nowhere else."""
+    return field(metadata={"spec": allowed})
+
+
+# The schema: one frozen dataclass per section of params.yaml. Stages read attributes (params.split.seed);
+# SCHEMA below is the same thing as a mapping of specs, for code that checks one value against it.
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    seed: int = spec(SEED)  # the generated images and their labels
+    n_images: int = spec(Int(2, 100_000))
+    image_size: int = spec(Int(32, 1024))
+    tumor_fraction: float = spec(Float(0, 1, open_low=True, open_high=True))
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: str = spec(Text())
+    synthetic: SyntheticParams = spec(SyntheticParams)
+    tumor_folders: tuple[str, ...] = spec(TextList())
+    non_tumor_folders: tuple[str, ...] = spec(TextList())
+    near_duplicate_distance: int = spec(Int(-1, 64))
+    max_reject_fraction: float = spec(Float(0, 1))
+    max_archive_mb: int = spec(Int(low=1))
+    max_image_pixels: int = spec(Int(low=1))
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    seed: int = spec(SEED)
+    train: float = spec(Float(0, 1))
+    val: float = spec(Float(0, 1))
+    test: float = spec(Float(0, 1))
+    group_duplicates: bool = spec(Bool())
+    similarity_threshold: float = spec(Float(0, 1, open_low=True, default=0.95))
+    neighbour_threshold: float = spec(Float(0, 1, open_low=True, default=0.85))
+    mutual_neighbours: int = spec(Int(0, 8, default=2))
+    max_group_size: int = spec(Int(low=2, default=100))
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """What both training stages take."""
+
+    seed: int = spec(SEED)
+    image_size: int = spec(Int(32, 1024))
+    batch_size: int = spec(Int(1, 4096))
+    epochs: int = spec(Int(1, 10000))
+    lr: float = spec(Float(0, 1, open_low=True))
+    lr_schedule: str = spec(Choice(("constant", "cosine"), default="constant"))
+    label_smoothing: float = spec(Float(0, 0.5, open_high=True, default=0.0))
+    augment: bool = spec(Bool())
+    tta_flip: bool = spec(Bool(default=False))
+    intensity_looks: int = spec(Int(0, 16, default=0))  # random intensity remappings per training scan
+    balance_acquisition: bool = spec(Bool(default=False))  # T1-like and T2-like drawn equally within a class
+    precision: str = spec(Choice(("fp32", "bf16", "auto")))
+
+
+@dataclass(frozen=True)
+class ScratchParams(TrainParams):
+    image_size: int = spec(Int(32, 1024, multiple_of=4))
+
+
+@dataclass(frozen=True)
+class TransferParams(TrainParams):
+    head: str = spec(Choice(("linear", "mlp")))
+    unfreeze_last: int = spec(Int(0, 19))
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    seed: int = spec(SEED)
+    batch_size: int = spec(Int(1, 4096))
+    bootstrap_samples: int = spec(Int(1, 100_000))
+    grid_images: int = spec(Int(1, 256))
+    target_sensitivity: float = spec(Float(0, 1, open_low=True, default=0.95))
+    external: tuple[str, ...] = spec(TextList(default=()))  # labelled test sets under data/external/
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = spec(DataParams)
+    split: SplitParams = spec(SplitParams)
+    train_scratch: ScratchParams = spec(ScratchParams)
+    train_transfer: TransferParams = spec(TransferParams)
+    evaluate: EvaluateParams = spec(EvaluateParams)
+
+    def training(self, kind: str) -> TrainParams:
+        """The section of one training stage: 'scratch' or 'transfer'."""
+        return self.train_scratch if kind == "scratch" else self.train_transfer
+
+
+def _specs(section: type) -> dict[str, Any]:
+    """A section's specs by key, nested sections as mappings."""
+    out = {}
+    for f in fields(section):
+        allowed = f.metadata["spec"]
+        out[f.name] = _specs(allowed) if isinstance(allowed, type) else allowed
+    return out
+
+
+def _build(section: type, checked: dict) -> Any:
+    values = {}
+    for f in fields(section):
+        allowed = f.metadata["spec"]
+        value = _build(allowed, checked[f.name]) if isinstance(allowed, type) else checked[f.name]
+        values[f.name] = tuple(value) if isinstance(value, list) else value  # frozen all the way down
+    return section(**values)
+
+
+SCHEMA: dict[str, Any] = _specs(Params)
 
 
 def _split_sums_to_one(split: dict) -> str | None:
@@ -340,6 +402,11 @@ def read_yaml(path: str | Path) -> Any:
         raise PipelineError(f"{path}: not readable YAML (nested too deeply)") from None
 
 
-def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """params.yaml, checked against the schema (params.py) before a stage does any work."""
-    return validate_params(read_yaml(path), str(path))
+def typed(params: Params | dict) -> Params:
+    """The typed params: as they are, or a mapping (a params.yaml document) checked against the schema."""
+    return params if isinstance(params, Params) else _build(Params, validate_params(params))
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """params.yaml, checked against the schema before a stage does any work."""
+    return _build(Params, validate_params(read_yaml(path), str(path)))

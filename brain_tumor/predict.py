@@ -27,6 +27,7 @@ from .console import progress
 from .errors import PipelineError
 from .images import RejectedFile, decode_scan, save_png
 from .inference import check_onnx_contract, model_input, onnx_p_tumor, onnx_session, read_threshold, threshold_file
+from .ingest import reasons_text
 from .labels import CLASSES
 from .outputs import file_sha256, scratch_dir, write_json, write_table
 from .params import SCHEMA, Invalid, read_yaml
@@ -366,6 +367,5 @@ def write_predictions(table: pd.DataFrame, out: Path) -> None:
         write_table(out, table)
 
 
-def reasons_text(table: pd.DataFrame) -> str:
-    counts = table.loc[table["reason"] != "", "reason"].value_counts().sort_index()
-    return ", ".join(f"{reason} {n}" for reason, n in counts.items())
+def refused_text(table: pd.DataFrame) -> str:
+    return reasons_text(table.loc[table["reason"] != "", "reason"].value_counts().to_dict())

@@ -32,6 +32,7 @@ from .stage import worker_pool
 GRID = 32  # the descriptor is GRID x GRID band-passed values
 DIM = GRID * GRID
 _WORK = 64  # working thumbnail size
+LOOSER = (0.90, 0.85, 0.80)  # residual leakage is also counted at these similarities, below the threshold
 _ZOOM = 1.6  # the head's rms radius spans 1/1.6 of the half-window: the whole head fits with a margin
 _FINE, _COARSE = 1.0, 4.0  # band-pass: Gaussian sigmas in grid cells
 
@@ -288,3 +289,8 @@ def group_size_table(labels: np.ndarray) -> dict[str, int]:
     names = ["1", "2", "3-5", "6-10", "11-20", "21-50", "51-100", ">100"]
     groups = pd.cut(sizes, bins, labels=names).value_counts().reindex(names, fill_value=0)
     return {name: int(count) for name, count in groups.items()}
+
+
+def leakage_levels(threshold: float) -> dict[str, float]:
+    """Residual-leakage report key -> similarity: the grouping threshold, then the looser levels below it."""
+    return {"above_threshold": threshold} | {f"above_{v:.2f}".replace(".", "_"): v for v in LOOSER if v < threshold}

@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 
 from .contracts import DATASET_MANIFEST
-from .data_report import leakage_levels, write_people_report
+from .data_report import write_people_report
 from .errors import PipelineError
 from .labels import CLASSES, SPLITS, require_both_classes
 from .outputs import atomic_dir, write_json, write_table
+from .params import Params, SplitParams, typed
 from .shortcuts import ACQUISITION_KINDS, STATISTICS, shortcut_check, statistics_table, warning_line
 from .similarity import (
     Grouping,
@@ -28,6 +29,7 @@ from .similarity import (
     best_matches,
     file_descriptors,
     group_size_table,
+    leakage_levels,
     mutual_group_pairs,
     nearest_neighbours,
     similarity_groups,
@@ -65,16 +67,9 @@ def assign_splits(labels: list[int], groups: list[str], fractions: dict[str, flo
     return result
 
 
-def check_fractions(split_params: dict) -> dict[str, float]:
-    fractions = {s: float(split_params[s]) for s in SPLITS}
-    if any(f < 0 for f in fractions.values()) or abs(sum(fractions.values()) - 1.0) > 1e-6:
-        raise PipelineError(f"split: train/val/test fractions must be >= 0 and sum to 1, got {fractions}")
-    return fractions
-
-
 @dataclass
 class GroupingSettings:
-    """The `split` params that decide which images must share a split (defaults where params.yaml is silent)."""
+    """The `split` params that decide which images must share a split (ranges checked by the schema)."""
 
     enabled: bool  # split.group_duplicates; false: a plain stratified random split (to measure leakage)
     threshold: float  # re-processed copies of one slice: always grouped
@@ -83,31 +78,21 @@ class GroupingSettings:
     max_size: int  # no group grows beyond this (the guard against chaining)
 
     @classmethod
-    def from_params(cls, split: dict) -> GroupingSettings:
-        settings = cls(
-            bool(split["group_duplicates"]),
-            float(split.get("similarity_threshold", 0.95)),
-            float(split.get("neighbour_threshold", 0.85)),
-            int(split.get("mutual_neighbours", 2)),
-            int(split.get("max_group_size", 100)),
+    def from_params(cls, split: SplitParams) -> GroupingSettings:
+        return cls(
+            split.group_duplicates,
+            split.similarity_threshold,
+            split.neighbour_threshold,
+            split.mutual_neighbours,
+            split.max_group_size,
         )
-        if not 0 < settings.neighbour_threshold <= settings.threshold <= 1:
-            raise PipelineError(
-                "split: need 0 < neighbour_threshold <= similarity_threshold <= 1, got "
-                f"{settings.neighbour_threshold} and {settings.threshold}"
-            )
-        if settings.mutual < 0 or settings.max_size < 2:
-            raise PipelineError(
-                "split: need mutual_neighbours >= 0 and max_group_size >= 2, "
-                f"got {settings.mutual} and {settings.max_size}"
-            )
-        return settings
 
 
-def split_dataset(params: dict, dataset_dir: Path, out_dir: Path, report_path: Path, people_dir: Path) -> dict:
+def split_dataset(params: Params | dict, dataset_dir: Path, out_dir: Path, report_path: Path, people_dir: Path) -> dict:
     """The split stage: data/dataset -> out_dir/{train,val,test}/{class}/<id>.png + split_manifest.csv."""
-    fractions = check_fractions(params["split"])
-    settings = GroupingSettings.from_params(params["split"])
+    params = typed(params)
+    fractions = {name: getattr(params.split, name) for name in SPLITS}
+    settings = GroupingSettings.from_params(params.split)
     manifest = DATASET_MANIFEST.read(dataset_dir / "manifest.csv")
     if manifest.empty:
         raise PipelineError(f"{dataset_dir / 'manifest.csv'}: no images to split")
@@ -125,16 +110,14 @@ def split_dataset(params: dict, dataset_dir: Path, out_dir: Path, report_path: P
     manifest["group"] = pd.Series(grouping.labels).map("s{:06d}".format)
     kept_together = manifest["group"] if settings.enabled else manifest["id"]
     labels = manifest["label"].astype(int).tolist()
-    manifest["split"] = assign_splits(labels, kept_together.tolist(), fractions, params["split"]["seed"])
+    manifest["split"] = assign_splits(labels, kept_together.tolist(), fractions, params.split.seed)
     for split in SPLITS:  # before training: a split without one class cannot validate or test anything
         require_both_classes(manifest.loc[manifest["split"] == split, "label"].astype(int), f"split: the {split} split")
     manifest["train_similarity"], manifest["train_match"] = nearest_training_image(descriptors, manifest["split"])
     stats = statistics_table(
         [dataset_dir / f for f in manifest["file"]], manifest["width"], manifest["height"], manifest["source"]
     )
-    shortcuts = shortcut_check(
-        stats, manifest["label"].astype(int).to_numpy(), manifest["split"], params["split"]["seed"]
-    )
+    shortcuts = shortcut_check(stats, manifest["label"].astype(int).to_numpy(), manifest["split"], params.split.seed)
     manifest["acquisition"] = stats["acquisition"].to_numpy()
     manifest["split_order"] = manifest["split"].map(SPLITS.index)
     rows = manifest.sort_values(["split_order", "label", "id"], kind="stable", ignore_index=True)
@@ -168,12 +151,12 @@ def split_dataset(params: dict, dataset_dir: Path, out_dir: Path, report_path: P
     if line := warning_line(shortcuts):
         print(line, file=sys.stderr)
     ingest_report = json.loads((dataset_dir / "report.json").read_text())
-    sheets = calibration_sheets(neighbours, grouping, settings, params["split"]["seed"])
+    sheets = calibration_sheets(neighbours, grouping, settings, params.split.seed)
     sheets["closest"] = closest_held_out_pairs(manifest)
     images = {"file": (dataset_dir / manifest["file"]).to_numpy(), "name": manifest["source"].to_numpy()}
     figure_stats = stats[list(STATISTICS)].assign(**{"class": manifest["class"].to_numpy()})
     write_people_report(
-        ingest_report, report, rows, out_dir, people_dir, params["split"]["seed"], sheets, images, figure_stats
+        ingest_report, report, rows, out_dir, people_dir, params.split.seed, sheets, images, figure_stats
     )
     return report
 

@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +65,8 @@ from .models import (
     sync_batchnorm,
 )
 from .numerics import reproducible, signature, threads
-from .outputs import atomic_write, cache_dir, file_sha256, temporary_dir
+from .outputs import atomic_write, cache_dir, file_sha256, publish_dir, temporary_dir
+from .params import Params, TrainParams, typed
 from .seen import build_index, index_path, save_index
 from .stage import publishing, signal_point
 
@@ -354,7 +355,7 @@ def fit(
     model: nn.Module,
     train: Batches,
     val: Batches,
-    cfg: dict,
+    cfg: TrainParams,
     *,
     device: torch.device,
     amp: torch.dtype | None,
@@ -373,14 +374,14 @@ def fit(
     if size > 1:
         sync_batchnorm(model)  # before the optimizer and DDP see the model: same parameters, global statistics
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=cfg["lr"], fused=True)  # one kernel per step: 2x on the scratch CNN
-    steps_per_epoch = -(-len(train) // cfg["batch_size"])
-    scheduler = cosine_schedule(optimizer, cfg["epochs"] * steps_per_epoch) if cfg["lr_schedule"] == "cosine" else None
+    optimizer = torch.optim.Adam(trainable, lr=cfg.lr, fused=True)  # one kernel per step: 2x on the scratch CNN
+    steps_per_epoch = -(-len(train) // cfg.batch_size)
+    scheduler = cosine_schedule(optimizer, cfg.epochs * steps_per_epoch) if cfg.lr_schedule == "cosine" else None
     net = nn.parallel.DistributedDataParallel(model) if size > 1 else model
-    dropout = seed_dropout(model, cfg["seed"] + 2)
+    dropout = seed_dropout(model, cfg.seed + 2)
     generators = {
-        "shuffle": torch.Generator().manual_seed(cfg["seed"]),
-        "augment": torch.Generator().manual_seed(cfg["seed"] + 1),  # flips never shift the shuffling
+        "shuffle": torch.Generator().manual_seed(cfg.seed),
+        "augment": torch.Generator().manual_seed(cfg.seed + 1),  # flips never shift the shuffling
         **{f"dropout{i}": g for i, g in enumerate(dropout)},
     }
     state = RunState()
@@ -393,7 +394,7 @@ def fit(
         for name, generator in generators.items():
             generator.set_state(saved["generators"][name])
         state = RunState(saved["epoch"], saved["history"], saved["best"], saved["best_state"])
-        print(f"resuming after epoch {state.epoch}/{cfg['epochs']} from {resume.path}", flush=True)
+        print(f"resuming after epoch {state.epoch}/{cfg.epochs} from {resume.path}", flush=True)
         if rank == 0:  # the curves of the epochs done, logged again exactly as the killed run logged them
             best = math.inf
             for done, record in enumerate(state.history, start=1):
@@ -402,13 +403,13 @@ def fit(
                 best = min(best, va.loss)
     if resume is not None:
         resume.epoch_started = resume.clock()  # after the set-up and any replay: training time only
-    for epoch in range(state.epoch + 1, cfg["epochs"] + 1):
-        desc = f"epoch {epoch}/{cfg['epochs']}"
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        desc = f"epoch {epoch}/{cfg.epochs}"
         train_stats = run_epoch(
-            net, train, cfg["batch_size"], device, amp, optimizer, generators["shuffle"], desc,
-            generators["augment"], cfg["label_smoothing"], scheduler,
+            net, train, cfg.batch_size, device, amp, optimizer, generators["shuffle"], desc,
+            generators["augment"], cfg.label_smoothing, scheduler,
         )  # fmt: skip
-        val_stats = run_epoch(net, val, cfg["batch_size"], device, amp, desc="validate")
+        val_stats = run_epoch(net, val, cfg.batch_size, device, amp, desc="validate")
         if not (math.isfinite(train_stats.loss) and math.isfinite(val_stats.loss)):
             raise PipelineError(
                 f"epoch {epoch}: loss {train_stats.loss:.4g} (train), {val_stats.loss:.4g} (val): training "
@@ -422,7 +423,7 @@ def fit(
             state.best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
         if rank == 0:
             on_epoch(epoch, train_stats, val_stats, is_best, False)
-            last = epoch == cfg["epochs"]  # the model is written next: nothing to resume
+            last = epoch == cfg.epochs  # the model is written next: nothing to resume
             if resume is not None and not last and resume.due(epoch):
                 resume.save(
                     {
@@ -512,7 +513,7 @@ def prefix_views(
 # ---------------------------------------------------------------- the stages
 
 
-def build_model(kind: str, cfg: dict) -> nn.Module:
+def build_model(kind: str, cfg: TrainParams) -> nn.Module:
     """The model a training run starts from: the one factory's network, ImageNet weights in the backbone."""
     model = build_network(architecture(kind, cfg))
     if kind == "transfer":
@@ -532,57 +533,58 @@ def exclusive(model_path: Path) -> Iterator[None]:
         yield
 
 
-def run_fingerprint(cfg: dict, manifest_sha256: str, cached: bool, device: torch.device) -> str:
+def run_fingerprint(cfg: TrainParams, manifest_sha256: str, cached: bool, device: torch.device) -> str:
     """What a resumed run must share with the killed one: params, split, fast path, code, library versions."""
     code = code_fingerprint(sys.modules[__name__], models_module, data_module)
     _, size = world()
-    text = json.dumps([cfg, manifest_sha256, cached, code, device.type, size, signature()], sort_keys=True)
+    text = json.dumps([asdict(cfg), manifest_sha256, cached, code, device.type, size, signature()], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def train_model(
     kind: str,
-    params: dict,
+    params: Params | dict,
     split_dir: Path,
     model_path: Path,
     live_dir: Path,
     feature_batch: int = PREFIX_BATCH,
     feature_cache: bool | None = None,
 ) -> dict:
-    """Train `kind` ('scratch' or 'transfer') with params['train_<kind>']; write the best model and curves.
+    """Train `kind` ('scratch' or 'transfer') with params.train_<kind>; write the best model and curves.
 
     `feature_cache` None takes the frozen-prefix path wherever the transfer model has a frozen prefix;
     False forces the full forward every epoch (for tests and benchmarks).
     """
-    cfg = params[f"train_{kind}"]
+    params = typed(params)
+    cfg = params.training(kind)
     device = setup_device()
     rank, _ = world()
-    amp = autocast_dtype(cfg["precision"], device)
-    seed_everything(cfg["seed"])
+    amp = autocast_dtype(cfg.precision, device)
+    seed_everything(cfg.seed)
     model = build_model(kind, cfg).to(device, memory_format=torch.channels_last)  # faster convolutions (oneDNN, cuDNN)
-    train_split = load_split(split_dir, "train", cfg["image_size"])
-    val_split = load_split(split_dir, "val", cfg["image_size"])
+    train_split = load_split(split_dir, "train", cfg.image_size)
+    val_split = load_split(split_dir, "val", cfg.image_size)
     manifest_sha256 = file_sha256(split_dir / "split_manifest.csv")
     if not len(train_split.labels) or not len(val_split.labels):
         raise PipelineError(f"{split_dir}: the train and val splits must both hold images")
     for which, part in (("train", train_split), ("val", val_split)):
         require_both_classes(part.labels, f"{split_dir}: the {which} split")
 
-    looks = 1 + cfg["intensity_looks"]
-    tables = look_tables(cfg["seed"] + 3, len(train_split.labels), cfg["intensity_looks"]) if looks > 1 else None
+    looks = 1 + cfg.intensity_looks
+    tables = look_tables(cfg.seed + 3, len(train_split.labels), cfg.intensity_looks) if looks > 1 else None
     cached = kind == "transfer" and model.n_frozen > 0 and feature_cache is not False
     if cached:  # the frozen prefix once per image (look, mirror), the trainable part every epoch: same result
-        mirrors = 2 if (cfg["augment"] or cfg["tta_flip"]) else 1
+        mirrors = 2 if (cfg.augment or cfg.tta_flip) else 1
         trainable = PrefixViews(model)
         train_views = prefix_views(model, train_split, mirrors, feature_batch, device, amp, "prefix train", tables)
-        train = prefix_batches(train_views, train_split.labels, device, cfg["augment"], looks)
+        train = prefix_batches(train_views, train_split.labels, device, cfg.augment, looks)
         val_views = prefix_views(model, val_split, mirrors, feature_batch, device, amp, "prefix val")
         val = prefix_batches(val_views, val_split.labels, device, False)
     else:
         trainable = model
-        train = image_batches(train_split, device, cfg["augment"], tables)
+        train = image_batches(train_split, device, cfg.augment, tables)
         val = image_batches(val_split, device, False)
-    if cfg["balance_acquisition"]:
+    if cfg.balance_acquisition:
         rows = read_split_manifest(split_dir).query("split == 'train'")
         train.weights = acquisition_weights(train_split.labels, rows)
 
@@ -597,14 +599,14 @@ def train_model(
         resume = ResumeFile(model_path.with_suffix(".resume.pt"), run_fingerprint(cfg, manifest_sha256, cached, device))
         live_tmp = temporary_dir(live_dir.parent, live_dir.name) if rank == 0 else None
         try:
-            live = open_live(live_tmp, {"seed": cfg["seed"], **cfg}) if live_tmp is not None else None
+            live = open_live(live_tmp, asdict(cfg)) if live_tmp is not None else None
 
             def log_epoch(epoch: int, tr: EpochStats, va: EpochStats, is_best: bool, replayed: bool) -> None:
                 log_to_live(live, epoch, tr, va)
                 mark = "  * best so far" if is_best else ""
                 again = " (logged again from the resumed state)" if replayed else ""
                 print(
-                    f"{kind} epoch {epoch:>2}/{cfg['epochs']}: train loss {tr.loss:.4f} acc {tr.accuracy:.3f} | "
+                    f"{kind} epoch {epoch:>2}/{cfg.epochs}: train loss {tr.loss:.4f} acc {tr.accuracy:.3f} | "
                     f"val loss {va.loss:.4f} acc {va.accuracy:.3f}{mark}{again}",
                     flush=True,
                 )
@@ -613,7 +615,7 @@ def train_model(
                 trainable, train, val, cfg, device=device, amp=amp, on_epoch=log_epoch, resume=resume, network=model
             )
             if rank == 0:
-                manifest, threshold = read_split_manifest(split_dir), params["split"]["similarity_threshold"]
+                manifest, threshold = read_split_manifest(split_dir), params.split.similarity_threshold
                 index = build_index(split_dir, manifest, manifest_sha256, threshold)
                 saved = {"state_dict": state.best_state, "meta": meta | state.best}
                 live.summary["best"] = state.best
@@ -622,7 +624,7 @@ def train_model(
                     save_index(index_path(model_path), index)
                     atomic_write(model_path, lambda p: save_checkpoint(saved, p))
                     signal_point("publishing")
-                    replace_dir(live_tmp, live_dir)
+                    publish_dir(live_tmp, live_dir)
                     resume.remove()
         finally:
             if live_tmp is not None:
@@ -653,11 +655,3 @@ def log_to_live(live, epoch: int, train: EpochStats, val: EpochStats) -> None:
         live.log_metric(f"{split_name}/loss", stats.loss)
         live.log_metric(f"{split_name}/accuracy", stats.accuracy)
     live.make_summary()
-
-
-def replace_dir(source: Path, target: Path) -> None:
-    """Move the finished folder `source` to `target` in one rename (the old `target` goes first)."""
-    os.chmod(source, 0o755)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(source, target)

@@ -1,7 +1,10 @@
-"""Fixtures that build real image files, datasets and repositories on the fly."""
+"""Fixtures and the helpers the test modules share (they import them from here, never from each other):
+real image files, datasets, workspaces and repositories built on the fly, model and threshold files."""
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import fcntl
 import io
 import os
@@ -9,7 +12,9 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +208,230 @@ def executed_stages(output: str) -> set[str]:
 
 
 STAGE_NAMES = {"ingest", "split", "train-scratch", "train-transfer", "evaluate", "export"}
+
+
+# ---------------------------------------------------------------- a workspace the real stage scripts run in
+
+
+class Workspace:
+    """A folder laid out as the project (params.yaml, data/raw/) with its own empty $TMPDIR."""
+
+    def __init__(self, root: Path, params: dict):
+        self.root, self.params = root, params
+        self.tmpdir = root.parent / "tmpdir"
+        for folder in (root / "data" / "raw", self.tmpdir):
+            folder.mkdir(parents=True)
+        self.write_params()
+
+    def write_params(self) -> None:
+        (self.root / "params.yaml").write_text(yaml.safe_dump(self.params, sort_keys=False))
+
+    def source(self, name: str) -> Path:
+        """Point data.source at data/raw/<name> and return that path."""
+        self.params["data"]["source"] = f"data/raw/{name}"
+        self.write_params()
+        return self.root / "data" / "raw" / name
+
+    def start(self, stage: str, **environment: str) -> subprocess.Popen:
+        env = venv_env() | {"TMPDIR": str(self.tmpdir)} | environment
+        cmd = [sys.executable, str(PROJECT / "stages" / f"{stage}.py")]
+        return subprocess.Popen(
+            cmd,
+            cwd=self.root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+    def run(self, stage: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        proc = self.start(stage)
+        stdout, stderr = proc.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+    def leftovers(self) -> list[str]:
+        temporaries = [str(p.relative_to(self.root)) for p in self.root.rglob(".tmp-*")]
+        return temporaries + [f"$TMPDIR/{p.name}" for p in self.tmpdir.iterdir()]
+
+    def report(self) -> dict:
+        return yaml.safe_load((self.root / "metrics" / "ingest.json").read_text())
+
+    def rejected(self) -> dict[str, str]:
+        from brain_tumor.outputs import read_table
+
+        files = read_table(self.root / "data" / "dataset" / "files.csv")
+        return dict(files.loc[files["status"] == "rejected", ["source", "reason"]].itertuples(index=False))
+
+
+@pytest.fixture
+def ws(tmp_path, tiny_params) -> Workspace:
+    return Workspace(tmp_path / "repo", tiny_params)
+
+
+def assert_one_error(result: subprocess.CompletedProcess, *needles: str, status: int = 1) -> str:
+    """Exit `status` (1: a stage's or the CLI's error), exactly one `error: ` line holding every needle, no
+    traceback; returns the line."""
+    assert result.returncode == status, (result.returncode, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert all(n in errors[0] for n in needles), errors[0]
+    return errors[0]
+
+
+def assert_accounted(report: dict, files_seen: int) -> None:
+    assert report["accepted"] + report["duplicates"] + report["rejected"] == report["files_seen"] == files_seen
+
+
+# ---------------------------------------------------------------- data sources
+
+
+def class_folders(root: Path, per_class: int = 6, seed: int = 0) -> int:
+    """yes/ and no/ with `per_class` distinct scans each; returns the number of files written."""
+    for i in range(per_class):
+        save(root / "yes" / f"y{i}.png", scan(seed + 2 * i))
+        save(root / "no" / f"n{i}.png", scan(seed + 2 * i + 1))
+    return 2 * per_class
+
+
+def kaggle(root: Path, n: int = 12, encoding: str = "utf-8", delimiter: str = ",", rows: list | None = None) -> int:
+    """Images Image1..n (alternate classes) and `Brain Tumor.csv`; returns the number of image files."""
+    for i in range(1, n + 1):
+        save(root / "images" / f"Image{i}.png", scan(i))
+    rows = rows if rows is not None else [(f"Image{i}", i % 2) for i in range(1, n + 1)]
+    with open(root / "Brain Tumor.csv", "w", newline="", encoding=encoding) as f:
+        writer = csv.writer(f, delimiter=delimiter)
+        writer.writerow(["Image", "Class", "Note"])
+        writer.writerows([(name, label, "é") for name, label in rows])
+    return n
+
+
+def zip_of(folder: Path, archive: Path, method: int = zipfile.ZIP_STORED) -> Path:
+    """Every file below `folder` in `archive`, by its relative path."""
+    with zipfile.ZipFile(archive, "w", method) as zf:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                zf.write(f, f.relative_to(folder).as_posix())
+    return archive
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def alias_bomb() -> str:
+    """Nine levels of ten aliases (lines 1 to 10): 10**9 values once expanded, a few hundred bytes as text."""
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]" for a, b in zip("abcdefghi", "bcdefghij")]
+    return "\n".join(levels) + "\n"
+
+
+# ---------------------------------------------------------------- model, threshold and ONNX files
+
+SOURCE_SHA256 = "ab" * 32  # the trained .pt file the tiny ONNX files and threshold points say they belong to
+
+
+def model_record(kind: str, image_size: int) -> dict:
+    """A complete model record, as a training stage writes it."""
+    return {
+        "kind": kind, "image_size": image_size, "classes": ["non_tumor", "tumor"], "mean": [0.5] * 3,
+        "std": [0.5] * 3, "head": "linear", "unfreeze_last": 0, "tta_flip": False, "precision": "fp32",
+        "epoch": 1, "val_loss": 0.5, "val_accuracy": 0.5, "split_manifest_sha256": "0" * 64,
+    }  # fmt: skip
+
+
+def threshold_point(**change) -> dict:
+    """A threshold file's content, as the evaluate stage writes it (`change` overrides a key; None removes it)."""
+    point = {"threshold": 0.3, "target_sensitivity": 0.95, "validation_sensitivity": 1.0}
+    point |= {"validation_specificity": 0.5, "model_sha256": SOURCE_SHA256}
+    return {k: v for k, v in (point | change).items() if v is not None}
+
+
+def tiny_onnx(path: Path, shape: tuple = ("batch", 3, 32, 32), output: str = "p_tumor", **meta) -> Path:
+    """An ONNX file with the metadata export writes (`meta` overrides a key; None removes it), whose graph is
+    P(tumor) = sigmoid(mean of the input): no torch needed."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, list(shape))
+    p_tumor = helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch"])
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["mean"], axes=list(range(1, len(shape))), keepdims=0),
+        helper.make_node("Sigmoid", ["mean"], [output]),
+    ]
+    graph = helper.make_graph(nodes, "tiny", [image], [p_tumor])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    props = {"image_size": "32", "mean": "[0.5, 0.5, 0.5]", "std": "[0.5, 0.5, 0.5]", "threshold": "0.4"}
+    props |= {"threshold_source": "transfer.threshold.json", "source_model_sha256": SOURCE_SHA256}
+    helper.set_model_props(model, {k: v for k, v in (props | meta).items() if v is not None})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+THRESHOLDS = {"scratch": 0.5, "transfer": 0.3}  # what the evaluate stage would have chosen for the tiny models
+TRANSFER_THRESHOLD = THRESHOLDS["transfer"]
+
+
+def build_tiny_models(base: Path, params: dict) -> None:
+    """A tiny synthetic split in `base`, both models trained on it, their threshold files (as the evaluate
+    stage writes them) and their ONNX exports.
+
+    The transfer model sees 64 px (MobileNetV2's last block is then 2x2, so Grad-CAM has a map to show).
+    """
+    from brain_tumor import ingest, split, train
+    from brain_tumor.export import export_models
+    from brain_tumor.inference import write_threshold
+    from brain_tumor.outputs import file_sha256
+
+    params = params | {"train_transfer": params["train_transfer"] | {"image_size": 64}}
+    ingest.build_dataset(params, base / "raw", base / "dataset", base / "ingest.json")
+    split.split_dataset(params, base / "dataset", base / "split", base / "split.json", base / "people")
+    for kind, threshold in THRESHOLDS.items():
+        model = base / "models" / f"{kind}.pt"
+        train.train_model(kind, params, base / "split", model, base / "live" / kind)
+        point = threshold_point(threshold=threshold, model_sha256=None)
+        write_threshold(model, point, file_sha256(model))
+    export_models({kind: base / "models" / f"{kind}.pt" for kind in THRESHOLDS})
+
+
+@pytest.fixture
+def tiny(tmp_path_factory, tiny_params, monkeypatch) -> Path:
+    """The tiny models, built once per session (shared by test_predict.py, test_export.py and every xdist
+    worker)."""
+    monkeypatch.setenv("BRAIN_TUMOR_CACHE", str(tmp_path_factory.mktemp("cache")))
+    return built_once(tmp_path_factory, "tiny-models", lambda base: build_tiny_models(base, tiny_params))
+
+
+# ---------------------------------------------------------------- as an unprivileged user
+
+NOBODY = 65534
+
+
+@contextlib.contextmanager
+def public_folder() -> Iterator[Path]:
+    """A folder that every user can enter (pytest's tmp_path is private to its owner), removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="brain-tumor-test-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
+def python_as_nobody(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
+    """This Python with `args`, as user nobody when we are root (root reads any file), else as ourselves;
+    the test is skipped where that is impossible."""
+    prefix = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root, and no setpriv to drop to an unprivileged user")
+        prefix = ["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups"]
+    probe = subprocess.run([*prefix, sys.executable, "-c", "import brain_tumor.cli"], cwd=cwd, capture_output=True)
+    if probe.returncode:
+        pytest.skip(f"user {NOBODY} cannot run this project's Python: {probe.stderr.decode()[-300:]}")
+    return subprocess.run([*prefix, sys.executable, *args], cwd=cwd, capture_output=True, text=True, **kw)

@@ -3,9 +3,11 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score
 
 from brain_tumor import evaluate as ev
+from brain_tumor import figures
 from brain_tumor.calibration import (
     calibration_report,
     expected_calibration_error,
@@ -25,6 +27,7 @@ from brain_tumor.evaluate import (
 )
 from brain_tumor.figures import reliability_figure
 from brain_tumor.intervals import wilson_interval
+from brain_tumor.plotting import save_figure
 
 
 def test_metrics_match_hand_counts():
@@ -224,11 +227,30 @@ def test_calibrated_probabilities_keep_t_near_one_and_overconfident_ones_get_t_a
     assert report["nll_temperature_scaled"] < report["nll"] and report["ece_temperature_scaled"] < report["ece"]
 
 
-def test_reliability_diagram_is_written(tmp_path):
+def test_reliability_diagram_draws_the_reliability_table(tmp_path, monkeypatch):
+    """What is drawn, not only that a file appears: the model's points are the table's bins, each labelled with
+    its count, the title gives the ECE; then the PNG is written."""
+    drawn = []
+
+    def keep_and_save(fig, path) -> None:
+        drawn.append(fig)
+        save_figure(fig, path)
+
+    monkeypatch.setattr(figures, "save_figure", keep_and_save)
     rng = np.random.default_rng(8)
     p = rng.random(200)
-    reliability_figure((rng.random(200) < p).astype(int), p, "scratch", tmp_path / "reliability_scratch.png")
-    assert (tmp_path / "reliability_scratch.png").stat().st_size > 1000
+    y = (rng.random(200) < p).astype(int)
+    reliability_figure(y, p, "scratch", tmp_path / "reliability_scratch.png")
+    (ax,) = drawn[0].axes
+    diagonal, points = ax.get_lines()
+    table = reliability_table(y, p)
+    assert list(diagonal.get_xdata()) == list(diagonal.get_ydata()) == [0, 1]
+    assert np.allclose(points.get_xdata(), table["mean_predicted"]) and np.allclose(
+        points.get_ydata(), table["observed"]
+    )
+    assert [t.get_text() for t in ax.texts] == [str(n) for n in table["count"]] and sum(table["count"]) == 200
+    assert ax.get_title().startswith(f"scratch, test: ECE {expected_calibration_error(y, p):.3f} (")
+    assert Image.open(tmp_path / "reliability_scratch.png").format == "PNG"
 
 
 def test_a_manifest_without_subgroup_columns_is_one_line(tmp_path):

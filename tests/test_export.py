@@ -9,9 +9,8 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
-from conftest import truncated_jpeg, venv_env
+from conftest import TRANSFER_THRESHOLD, truncated_jpeg, venv_env
 from PIL import Image
-from test_predict import TRANSFER_THRESHOLD, tiny  # noqa: F401 (tiny: a fixture)
 
 from brain_tumor.cli import main
 from brain_tumor.data import load_split
@@ -27,8 +26,8 @@ KINDS = ("scratch", "transfer")
 
 
 @pytest.fixture
-def exported(tiny: Path) -> Path:  # noqa: F811 (the imported fixture, requested)
-    """The tiny models of test_predict.py, with their ONNX exports."""
+def exported(tiny: Path) -> Path:
+    """The tiny models (conftest's `tiny`, shared with test_predict.py), with their ONNX exports."""
     return tiny
 
 

@@ -18,12 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import PROJECT
+from conftest import PROJECT, SOURCE_SHA256, model_record, threshold_point, tiny_onnx
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from test_faults import tiny_onnx
-from test_hardening import model_record
 
 from brain_tumor.checkpoint import load_trained, save_checkpoint
 from brain_tumor.errors import PipelineError
@@ -31,7 +29,7 @@ from brain_tumor.images import RejectedFile, decode_scan
 from brain_tumor.inference import check_onnx_contract, onnx_session, read_threshold
 from brain_tumor.ingest import folder_label_map, list_items
 from brain_tumor.models import ScratchCNN
-from brain_tumor.params import load_params
+from brain_tumor.params import load_params, typed
 from brain_tumor.sources import safe_extract
 
 pytestmark = pytest.mark.fuzz
@@ -184,7 +182,7 @@ def test_any_label_table_labels_every_file_or_is_one_line(tmp_path, rows, header
     except UnicodeEncodeError:
         (root / "Brain Tumor.csv").write_bytes(text.encode("utf-8", "replace"))
     try:
-        items, _ = list_items(root, folder_label_map(PARAMS["data"]), "source")
+        items, _ = list_items(root, folder_label_map(typed(PARAMS).data), "source")
     except PipelineError as err:
         one_line(err, "source")
     else:
@@ -262,12 +260,11 @@ def test_mutated_model_bytes_load_or_are_one_line(tmp_path, cut, flips):
 @example(document={"threshold": math.inf})
 def test_any_threshold_file_is_valid_or_one_line(tmp_path, document):
     path = tmp_path / "transfer.threshold.json"
-    base = {"threshold": 0.4, "target_sensitivity": 0.95, "validation_sensitivity": 1.0}
-    base |= {"validation_specificity": 0.5, "model_sha256": "ab" * 32}
+    base = threshold_point(threshold=0.4)
     content = base | document if isinstance(document, dict) else document
     path.write_text(json.dumps(content, allow_nan=True))
     try:
-        point = read_threshold(path, "ab" * 32)
+        point = read_threshold(path, SOURCE_SHA256)
     except PipelineError as err:
         one_line(err, str(path))
     else:

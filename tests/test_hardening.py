@@ -1,14 +1,13 @@
 """Bad inputs and faults, one test per kind, on tiny data built here.
 
-Each ends in exactly one `error: ` line naming the file or param (exit status non-zero, no traceback), or in
+Each ends in exactly one `error: ` line naming the file or param (exit status 1, no traceback), or in
 an accounted reject (accepted + duplicates + rejected = files seen); and nothing is left behind: no
 `.tmp-*` folders beside the outputs, nothing in $TMPDIR. A representative subset drives the real stage
-scripts; the rest calls the readers directly.
+scripts; the rest calls the code directly (the readers' own cases: test_ingest.py, test_images.py).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import signal
@@ -21,116 +20,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
-from conftest import PROJECT, save, scan, venv_env
+from conftest import (
+    Workspace,
+    assert_accounted,
+    assert_one_error,
+    class_folders,
+    kaggle,
+    model_record,
+    save,
+    scan,
+    zip_of,
+)
 from PIL import Image
 
-from brain_tumor import ingest, sources
 from brain_tumor.checkpoint import load_trained
 from brain_tumor.data import cached_array, code_fingerprint
 from brain_tumor.errors import PipelineError
-from brain_tumor.images import RejectedFile, load_rgb, reject_blank
 from brain_tumor.labels import require_both_classes
 from brain_tumor.models import ScratchCNN
 from brain_tumor.outputs import atomic_write, read_table, sweep_temporaries
-
-# ---------------------------------------------------------------- a workspace the real stage scripts run in
-
-
-class Workspace:
-    """A folder laid out as the project (params.yaml, data/raw/) with its own empty $TMPDIR."""
-
-    def __init__(self, root: Path, params: dict):
-        self.root, self.params = root, params
-        self.tmpdir = root.parent / "tmpdir"
-        for folder in (root / "data" / "raw", self.tmpdir):
-            folder.mkdir(parents=True)
-        self.write_params()
-
-    def write_params(self) -> None:
-        (self.root / "params.yaml").write_text(yaml.safe_dump(self.params, sort_keys=False))
-
-    def source(self, name: str) -> Path:
-        """Point data.source at data/raw/<name> and return that path."""
-        self.params["data"]["source"] = f"data/raw/{name}"
-        self.write_params()
-        return self.root / "data" / "raw" / name
-
-    def start(self, stage: str, **environment: str) -> subprocess.Popen:
-        env = venv_env() | {"TMPDIR": str(self.tmpdir)} | environment
-        cmd = [sys.executable, str(PROJECT / "stages" / f"{stage}.py")]
-        return subprocess.Popen(
-            cmd,
-            cwd=self.root,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-
-    def run(self, stage: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        proc = self.start(stage)
-        stdout, stderr = proc.communicate(timeout=timeout)
-        return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-
-    def leftovers(self) -> list[str]:
-        temporaries = [str(p.relative_to(self.root)) for p in self.root.rglob(".tmp-*")]
-        return temporaries + [f"$TMPDIR/{p.name}" for p in self.tmpdir.iterdir()]
-
-    def report(self) -> dict:
-        return yaml.safe_load((self.root / "metrics" / "ingest.json").read_text())
-
-    def rejected(self) -> dict[str, str]:
-        files = read_table(self.root / "data" / "dataset" / "files.csv")
-        return dict(files.loc[files["status"] == "rejected", ["source", "reason"]].itertuples(index=False))
-
-
-@pytest.fixture
-def ws(tmp_path, tiny_params) -> Workspace:
-    return Workspace(tmp_path / "repo", tiny_params)
-
-
-def assert_one_error(result: subprocess.CompletedProcess, *needles: str) -> str:
-    """Non-zero exit, exactly one `error: ` line holding every needle, no traceback; returns the line."""
-    assert result.returncode != 0, result.stdout[-2000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr[-3000:]
-    assert all(n in errors[0] for n in needles), errors[0]
-    return errors[0]
-
-
-def assert_accounted(report: dict, files_seen: int) -> None:
-    assert report["accepted"] + report["duplicates"] + report["rejected"] == report["files_seen"] == files_seen
-
-
-def class_folders(root: Path, per_class: int = 6, seed: int = 0) -> int:
-    """yes/ and no/ with `per_class` distinct scans each; returns the number of files written."""
-    for i in range(per_class):
-        save(root / "yes" / f"y{i}.png", scan(seed + 2 * i))
-        save(root / "no" / f"n{i}.png", scan(seed + 2 * i + 1))
-    return 2 * per_class
-
-
-def kaggle(root: Path, n: int = 12, encoding: str = "utf-8", delimiter: str = ",", rows: list | None = None) -> int:
-    """Images Image1..n (alternate classes) and `Brain Tumor.csv`; returns the number of image files."""
-    for i in range(1, n + 1):
-        save(root / "images" / f"Image{i}.png", scan(i))
-    rows = rows if rows is not None else [(f"Image{i}", i % 2) for i in range(1, n + 1)]
-    with open(root / "Brain Tumor.csv", "w", newline="", encoding=encoding) as f:
-        writer = csv.writer(f, delimiter=delimiter)
-        writer.writerow(["Image", "Class", "Note"])
-        writer.writerows([(name, label, "é") for name, label in rows])
-    return n
-
-
-def zip_of(folder: Path, archive: Path, method: int = zipfile.ZIP_STORED) -> Path:
-    with zipfile.ZipFile(archive, "w", method) as zf:
-        for f in sorted(folder.rglob("*")):
-            if f.is_file():
-                zf.write(f, f.relative_to(folder).as_posix())
-    return archive
 
 
 def patch_zip(archive: Path, flags: int | None = None, method: int | None = None) -> None:
@@ -171,6 +79,18 @@ def test_latin1_semicolon_csv_is_read(ws):
     assert ws.report()["accepted"] == n and not ws.leftovers()
 
 
+def readable_zip(root: Path) -> None:
+    zip_of(root, root.with_suffix(".zip"))
+
+
+def encrypted_zip(root: Path) -> None:
+    patch_zip(zip_of(root, root.with_suffix(".zip")), flags=0x1)
+
+
+def deflate64_zip(root: Path) -> None:
+    patch_zip(zip_of(root, root.with_suffix(".zip")), method=9)
+
+
 def nested_zip(root: Path) -> None:
     """kaggle.zip holding inner.zip, which holds the dataset."""
     (root.parent / "outer").mkdir()
@@ -178,21 +98,23 @@ def nested_zip(root: Path) -> None:
     zip_of(root.parent / "outer", root.with_suffix(".zip"))
 
 
+def empty_zip(root: Path) -> None:
+    zipfile.ZipFile(root.with_suffix(".zip"), "w").close()
+
+
+def garbage_zip(root: Path) -> None:
+    root.with_suffix(".zip").write_bytes(b"PK\x03\x04junk")
+
+
 @pytest.mark.parametrize(
     "make,needles",
     [
-        (lambda root: zip_of(root, root.with_suffix(".zip")), []),  # the control: the same zip, readable
-        (
-            lambda root: patch_zip(zip_of(root, root.with_suffix(".zip")), flags=0x1),
-            ["data/raw/kaggle.zip: entry 'Brain Tumor.csv' is encrypted"],
-        ),
-        (
-            lambda root: patch_zip(zip_of(root, root.with_suffix(".zip")), method=9),
-            ["data/raw/kaggle.zip: entry 'Brain Tumor.csv' uses compression method 9"],
-        ),
+        (readable_zip, []),  # the control: the same zip, readable
+        (encrypted_zip, ["data/raw/kaggle.zip: entry 'Brain Tumor.csv' is encrypted"]),
+        (deflate64_zip, ["data/raw/kaggle.zip: entry 'Brain Tumor.csv' uses compression method 9"]),
         (nested_zip, ["data/raw/kaggle.zip: entry 'inner.zip' is itself a zip archive"]),
-        (lambda root: zipfile.ZipFile(root.with_suffix(".zip"), "w").close(), ["data/raw/kaggle.zip: empty zip"]),
-        (lambda root: root.with_suffix(".zip").write_bytes(b"PK\x03\x04junk"), ["data/raw/kaggle.zip: not a readable"]),
+        (empty_zip, ["data/raw/kaggle.zip: empty zip"]),
+        (garbage_zip, ["data/raw/kaggle.zip: not a readable"]),
     ],
     ids=["readable", "encrypted", "deflate64", "nested", "empty", "garbage"],
 )
@@ -243,18 +165,22 @@ def symlinked_class(root: Path, outside: Path) -> None:
     (root / "no").symlink_to(outside / "no", target_is_directory=True)
 
 
+def one_class(root: Path, outside: Path) -> None:
+    """yes/ holds 4 scans, and there is no no/."""
+    for i in range(4):
+        save(root / "yes" / f"y{i}.png", scan(i))
+
+
+def colon_separated_table(root: Path, outside: Path) -> None:
+    kaggle(root, delimiter=":")
+
+
 @pytest.mark.parametrize(
     "make,needles",
     [
         (symlinked_class, ["data/raw/src: accepted images", "no non_tumor images (3 tumor)", "symlink 1"]),
-        (
-            lambda root, outside: [save(root / "yes" / f"y{i}.png", scan(i)) for i in range(4)],
-            ["data/raw/src: accepted images", "no non_tumor images (4 tumor)"],
-        ),
-        (
-            lambda root, outside: kaggle(root, delimiter=":") and None,
-            ["data/raw/src/Brain Tumor.csv: cannot tell how the columns are separated"],
-        ),
+        (one_class, ["data/raw/src: accepted images", "no non_tumor images (4 tumor)"]),
+        (colon_separated_table, ["data/raw/src/Brain Tumor.csv: cannot tell how the columns are separated"]),
     ],
     ids=["class-folder-symlink", "one-class", "unknown-delimiter"],
 )
@@ -269,7 +195,8 @@ def test_evaluate_without_its_inputs_is_one_line(ws):
     (ws.root / "models").mkdir()
     (ws.root / "models" / "scratch.pt").write_bytes(b"PK\x03\x04" + os.urandom(5000))
     result = ws.run("evaluate")
-    assert_one_error(result, "data/split/split_manifest.csv")
+    line = assert_one_error(result)
+    assert line == "error: data/split/split_manifest.csv: no such file; run `dvc repro split` first"
     assert not ws.leftovers()
 
 
@@ -321,79 +248,7 @@ def test_interrupted_ingest_leaves_nothing_and_reruns_byte_identical(ws, sig):
     assert snapshot(ws.root) == reference and not ws.leftovers()
 
 
-# ---------------------------------------------------------------- readers, called directly
-
-
-def run_ingest(root: Path, out: Path, **kw) -> dict:
-    args = dict(
-        labels={"yes": "tumor", "no": "non_tumor"},
-        near_duplicate_distance=-1,
-        max_reject_fraction=0.9,
-        max_pixels=10**6,
-        processes=1,
-        source_name="data/raw/src",
-    )
-    return ingest.ingest_folder(root, out, **(args | kw))
-
-
-def test_zip_crc_error_names_archive_and_entry(tmp_path):
-    archive = tmp_path / "data.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("yes/a.png", b"A" * 100)
-    archive.write_bytes(archive.read_bytes().replace(b"A" * 100, b"B" + b"A" * 99))
-    with pytest.raises(PipelineError, match=r"data.zip: entry 'yes/a.png' is corrupt \(Bad CRC-32"):
-        sources.safe_extract(archive, tmp_path / "out", 10**6)
-
-
-def test_duplicate_zip_entries_are_accounted(tmp_path):
-    archive = tmp_path / "data.zip"
-    class_folders(tmp_path / "src")
-    zip_of(tmp_path / "src", archive)
-    with zipfile.ZipFile(archive, "a") as zf, pytest.warns(UserWarning, match="Duplicate name"):
-        zf.writestr("yes/y0.png", (tmp_path / "src" / "no" / "n0.png").read_bytes())
-    (tmp_path / "x").mkdir()
-    refused = sources.safe_extract(archive, tmp_path / "x", 10**8)
-    assert [(r.source, r.reason) for r in refused] == [("yes/y0.png (entry 13)", "duplicate_zip_entry")]
-    report = run_ingest(tmp_path / "x", tmp_path / "out", pre_rejected=refused)
-    assert_accounted(report, 13)
-    assert report["accepted"] == 12 and report["rejected_by_reason"] == {"duplicate_zip_entry": 1}
-
-
-def test_duplicate_csv_rows_are_accounted_and_conflicting_ones_reject_the_image(tmp_path):
-    rows = [(f"Image{i}", i % 2) for i in range(1, 13)] + [("Image2", 0), ("image2.png", 0), ("Image3", 0)]
-    n = kaggle(tmp_path / "src", rows=rows)
-    report = run_ingest(tmp_path / "src", tmp_path / "out")
-    assert_accounted(report, n + 3)
-    rejected = dict(
-        read_table(tmp_path / "out" / "files.csv").query("status == 'rejected'")[["source", "reason"]].values
-    )
-    assert rejected == {
-        "Brain Tumor.csv:row 14": "duplicate_csv_row",
-        "Brain Tumor.csv:row 15": "duplicate_csv_row",
-        "Brain Tumor.csv:row 16": "duplicate_csv_row",
-        "images/Image3.png": "label_conflict",  # rows 4 and 16 disagree: neither class can claim it
-    }
-
-
-def test_sixteen_bit_scan_with_a_hot_pixel_keeps_its_contrast(tmp_path):
-    values = np.linspace(1000, 3000, 64 * 64).reshape(64, 64).astype(np.uint16)
-    values[0, 0] = 65535
-    Image.fromarray(values).save(tmp_path / "deep.png")
-    grey = load_rgb(tmp_path / "deep.png", 10**6)[..., 0]
-    assert grey.min() == 0 and grey.max() == 255 and 110 < grey.mean() < 145  # not pushed to near-black
-
-
-def test_blank_image_is_rejected_and_bomb_message_quotes_the_configured_limit(tmp_path):
-    grey = np.full((32, 32, 3), 120, dtype=np.uint8)
-    grey[0, 0] = 127
-    with pytest.raises(RejectedFile, match="blank_image"):
-        reject_blank(grey)
-    reject_blank(scan(1))
-    Image.new("L", (300, 300)).save(tmp_path / "big.png")
-    with pytest.raises(RejectedFile) as err:
-        load_rgb(tmp_path / "big.png", 20_000)
-    assert err.value.reason == "decompression_bomb"
-    assert "90000 pixels > data.max_image_pixels" in err.value.detail and "40000" not in err.value.detail
+# ---------------------------------------------------------------- the class check, called directly
 
 
 def test_one_class_is_an_error():
@@ -416,13 +271,21 @@ def truncate(entry: Path) -> None:
         f.truncate(200)
 
 
+def no_meta(entry: Path) -> None:
+    (entry / "meta.json").unlink()
+
+
+def bad_meta(entry: Path) -> None:
+    (entry / "meta.json").write_text("{")
+
+
 @pytest.mark.parametrize(
     "damage,problem",
     [
-        (corrupt, "does not match its sha256"),
-        (truncate, "expected"),
-        (lambda entry: (entry / "meta.json").unlink(), "unreadable"),
-        (lambda entry: (entry / "meta.json").write_text("{"), "unreadable"),
+        (corrupt, "array.npy does not match its sha256 (corrupt)"),
+        (truncate, "array.npy is 200 bytes, expected 328 (truncated?)"),
+        (no_meta, "unreadable ([Errno 2] No such file or directory: '{entry}/meta.json')"),
+        (bad_meta, "unreadable (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"),
     ],
     ids=["flipped-byte", "truncated", "no-meta", "bad-meta"],
 )
@@ -441,7 +304,7 @@ def test_damaged_cache_entry_is_rebuilt_with_one_warning(tmp_path, capfd, damage
     again = cached_array(entry, (10, 5), np.float32, fill)
     assert np.array_equal(again, first) and len(calls) == 2  # rebuilt, not used
     lines = capfd.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"warning: cache {entry}:") and problem in lines[0]
+    assert lines == [f"warning: cache {entry}: {problem.format(entry=entry)}; rebuilding it"]
     assert [p.name for p in entry.parent.iterdir()] == ["train-32px-key"]  # no temporaries left
 
 
@@ -479,15 +342,6 @@ def test_cache_key_covers_the_producing_code():
 
 
 # ---------------------------------------------------------------- model files and temporaries
-
-
-def model_record(kind: str, image_size: int) -> dict:
-    """A complete model record, as a training stage writes it."""
-    return {
-        "kind": kind, "image_size": image_size, "classes": ["non_tumor", "tumor"], "mean": [0.5] * 3,
-        "std": [0.5] * 3, "head": "linear", "unfreeze_last": 0, "tta_flip": False, "precision": "fp32",
-        "epoch": 1, "val_loss": 0.5, "val_accuracy": 0.5, "split_manifest_sha256": "0" * 64,
-    }  # fmt: skip
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "foreign"])

@@ -1,15 +1,11 @@
-import contextlib
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
+"""Image decoding (brain_tumor/images.py): every mode and format to RGB uint8, each reject reason, the hashes."""
+
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import save, scan, truncated_jpeg
+from conftest import public_folder, python_as_nobody, save, scan, truncated_jpeg
 from PIL import Image
 
 from brain_tumor.images import RejectedFile, load_rgb, perceptual_hash, pixel_sha256, reject_blank
@@ -25,13 +21,17 @@ def test_every_mode_becomes_rgb_uint8(tmp_path, mode):
     assert rgb.dtype == np.uint8 and rgb.shape == (32, 32, 3)
 
 
-def test_sixteen_bit_is_scaled_by_its_real_range(tmp_path):
-    values = np.linspace(1000, 3000, 32 * 32).reshape(32, 32).astype(np.uint16)
+@pytest.mark.parametrize("hot_pixel", [False, True], ids=["plain", "hot-pixel"])
+def test_sixteen_bit_is_scaled_by_its_real_range_and_keeps_its_contrast(tmp_path, hot_pixel):
+    """Values 1000..3000 of 65535 fill 0..255; one saturated pixel does not push the rest to near-black."""
+    values = np.linspace(1000, 3000, 64 * 64).reshape(64, 64).astype(np.uint16)
+    if hot_pixel:
+        values[0, 0] = 65535
     path = tmp_path / "deep.png"
     Image.fromarray(values).save(path)  # mode I;16
     rgb = load_rgb(path, MAX)
-    assert rgb.min() == 0 and rgb.max() == 255
-    assert (rgb[..., 0] == rgb[..., 1]).all()
+    assert rgb.min() == 0 and rgb.max() == 255 and 110 < rgb.mean() < 145
+    assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
 
 
 def test_alpha_is_composited_on_black(tmp_path):
@@ -77,6 +77,8 @@ def test_bad_files_are_rejected_with_their_reason(tmp_path):
         with pytest.raises(RejectedFile) as err:
             load_rgb(path, max_pixels=20_000)
         assert err.value.reason == reason, path
+    # the last case, the bomb: its message quotes the configured limit (data.max_image_pixels), not Pillow's
+    assert "90000 pixels > data.max_image_pixels" in err.value.detail and "40000" not in err.value.detail
 
 
 def test_pixel_hash_ignores_encoding_and_perceptual_hash_survives_resizing(tmp_path):
@@ -91,27 +93,18 @@ def test_pixel_hash_ignores_encoding_and_perceptual_hash_survives_resizing(tmp_p
     assert near <= 4 < far
 
 
-def test_a_black_scan_with_a_hot_pixel_is_blank_and_a_small_region_of_anatomy_is_not():
+def test_a_uniform_scan_with_a_hot_pixel_is_blank_and_a_small_region_of_anatomy_is_not():
     black = np.zeros((64, 64, 3), dtype=np.uint8)
     black[10, 10] = 255
-    with pytest.raises(RejectedFile, match="blank_image"):
-        reject_blank(black)
+    grey = np.full((32, 32, 3), 120, dtype=np.uint8)
+    grey[0, 0] = 127
+    for blank in (black, grey):
+        with pytest.raises(RejectedFile) as err:
+            reject_blank(blank)
+        assert err.value.reason == "blank_image"
     black[20:40, 20:40] = 90  # 10% of the frame
     reject_blank(black)
-
-
-NOBODY = 65534
-
-
-@contextlib.contextmanager
-def public_folder() -> Iterator[Path]:
-    """A folder that every user can enter (pytest's tmp_path is private to its owner), removed afterwards."""
-    folder = Path(tempfile.mkdtemp(prefix="brain-tumor-test-"))
-    folder.chmod(0o755)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder)
+    reject_blank(scan(1))
 
 
 @pytest.fixture
@@ -120,21 +113,8 @@ def public_tmp() -> Iterator[Path]:
         yield folder
 
 
-def python_as_nobody(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
-    """This Python with `args`, as user nobody when we are root (root reads any file), else as ourselves;
-    the test is skipped where that is impossible."""
-    prefix = []
-    if os.geteuid() == 0:
-        if not shutil.which("setpriv"):
-            pytest.skip("running as root, and no setpriv to drop to an unprivileged user")
-        prefix = ["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups"]
-    probe = subprocess.run([*prefix, sys.executable, "-c", "import brain_tumor.cli"], cwd=cwd, capture_output=True)
-    if probe.returncode:
-        pytest.skip(f"user {NOBODY} cannot run this project's Python: {probe.stderr.decode()[-300:]}")
-    return subprocess.run([*prefix, sys.executable, *args], cwd=cwd, capture_output=True, text=True, **kw)
-
-
 def test_a_file_we_may_not_read_is_unreadable_not_corrupt(public_tmp):
+    """load_rgb itself, as user nobody (the predict CLI's path: test_faults.py)."""
     path = save(public_tmp / "scan.png", scan(1))
     path.chmod(0)
     code = "import sys\nfrom brain_tumor.images import RejectedFile, load_rgb\ntry: load_rgb(sys.argv[1], 10**6)\n"

@@ -1,11 +1,16 @@
+"""Ingest (brain_tumor/ingest.py, sources.py), called directly: every layout with bad files mixed in and exact
+accounting, label tables, archives, and the one-line errors for a source that cannot be used. (The stage
+script's own path: test_hardening.py and test_faults.py.)"""
+
 import csv
 import shutil
+import unicodedata
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import save, scan, truncated_jpeg
+from conftest import assert_accounted, class_folders, kaggle, png_bytes, save, scan, truncated_jpeg, zip_of
 from PIL import Image
 
 from brain_tumor import ingest, sources
@@ -22,7 +27,13 @@ LABELS = {
     "non_tumor": "non_tumor",
 }
 # the bad files every layout below mixes in, and the reason each must get
-BAD = {"empty": "empty_file", "cut": "truncated_or_corrupt", "text": "not_an_image", "huge": "decompression_bomb"}
+BAD = {
+    "empty": "empty_file",
+    "cut": "truncated_or_corrupt",
+    "text": "not_an_image",
+    "huge": "decompression_bomb",
+    "blank": "blank_image",
+}
 
 
 def add_bad_files(folder: Path, names: dict[str, str]) -> None:
@@ -31,6 +42,9 @@ def add_bad_files(folder: Path, names: dict[str, str]) -> None:
     truncated_jpeg(folder / names["cut"], 99)
     (folder / names["text"]).write_text("hello")
     Image.new("L", (300, 300)).save(folder / names["huge"])
+    black = np.zeros((32, 32, 3), dtype=np.uint8)
+    black[5, 5] = 255  # a black frame with one hot pixel: blank (decoding itself: test_images.py)
+    save(folder / names["blank"], black)
 
 
 def run_ingest(root: Path, out: Path, **kw):
@@ -55,15 +69,17 @@ def kaggle_dataset(root: Path, nested: bool) -> dict[str, str]:
     rows.append(("Image99", 1))  # listed, missing
     save(images / "Image15.png", scan(15))
     rows.append(("Image15", 7))  # label not 0/1
-    add_bad_files(images, {"empty": "Image16.jpg", "cut": "Image17.jpg", "text": "Image18.jpg", "huge": "Image19.png"})
-    rows += [("Image16", 0), ("Image17", 1), ("Image18", 0), ("Image19", 1)]
+    bad = {"empty": "Image16.jpg", "cut": "Image17.jpg", "text": "Image18.jpg", "huge": "Image19.png"}
+    bad["blank"] = "Image20.png"
+    add_bad_files(images, bad)
+    rows += [("Image16", 0), ("Image17", 1), ("Image18", 0), ("Image19", 1), ("Image20", 0)]
     save(images / "stray.png", scan(77))  # present, not listed
     with open(root / "Brain Tumor.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["Image", "Class", "Mean"])
         w.writerows([(name, label, 0.5) for name, label in rows])
     prefix = "Brain Tumor/Brain Tumor/" if nested else "Brain Tumor/"
-    expected = {f"{prefix}Image{i}.{'png' if i == 19 else 'jpg'}": BAD[k] for i, k in zip(range(16, 20), BAD)}
+    expected = {f"{prefix}{name}": BAD[kind] for kind, name in bad.items()}
     expected |= {
         "Brain Tumor.csv:Image99": "missing_file",
         f"{prefix}Image15.png": "bad_label",
@@ -78,26 +94,17 @@ def folder_dataset(root: Path, yes_no: bool) -> dict[str, str]:
         save(root / (pos if i % 2 else neg) / f"scan{i}.png", scan(i))
     shutil.copy(root / pos / "scan1.png", root / neg / "copy_of_1.png")  # same pixels, other label: conflict
     save(root / "unsorted" / "scan20.png", scan(20))  # folder with no class
-    add_bad_files(root / pos, {"empty": "e.png", "cut": "c.jpg", "text": "t.bmp", "huge": "h.png"})
+    bad = {"empty": "e.png", "cut": "c.jpg", "text": "t.bmp", "huge": "h.png", "blank": "b.png"}
+    add_bad_files(root / pos, bad)
     (root / "__MACOSX").mkdir()
     (root / "__MACOSX" / "._scan1.png").write_bytes(b"junk")
-    expected = {f"{pos}/{n}": BAD[k] for k, n in zip(BAD, ["e.png", "c.jpg", "t.bmp", "h.png"])}
+    expected = {f"{pos}/{name}": BAD[kind] for kind, name in bad.items()}
     expected |= {
         "unsorted/scan20.png": "no_label_for_folder",
         f"{pos}/scan1.png": "label_conflict",
         f"{neg}/copy_of_1.png": "label_conflict",
     }
     return expected
-
-
-def zip_folder(folder: Path, archive: Path, evil: bool = True) -> Path:
-    with zipfile.ZipFile(archive, "w") as zf:
-        for f in sorted(folder.rglob("*")):
-            if f.is_file():
-                zf.write(f, f.relative_to(folder).as_posix())
-        if evil:
-            zf.writestr("../escape.png", b"x")  # zip-slip
-    return archive
 
 
 def check_accounting(report: dict, out: Path, expected: dict[str, str], extra: dict[str, str] | None = None) -> None:
@@ -133,7 +140,9 @@ def test_kaggle_folder(tmp_path, nested):
 )
 def test_zip(tmp_path, make):
     expected = make(tmp_path / "raw")
-    archive = zip_folder(tmp_path / "raw", tmp_path / "data.zip")
+    archive = zip_of(tmp_path / "raw", tmp_path / "data.zip")
+    with zipfile.ZipFile(archive, "a") as zf:
+        zf.writestr("../escape.png", b"x")  # zip-slip
     (tmp_path / "work").mkdir()
     root, refused = ingest.open_source(str(archive), tmp_path, tmp_path / "work", 10**8)
     report = run_ingest(root, tmp_path / "out", pre_rejected=refused)
@@ -160,26 +169,59 @@ def test_zip_bomb_is_refused(tmp_path):
 
 def test_too_many_rejects_fail_without_output(tmp_path):
     folder_dataset(tmp_path / "raw", True)
-    with pytest.raises(PipelineError, match="max_reject_fraction"):
-        run_ingest(tmp_path / "raw", tmp_path / "out", max_reject_fraction=0.05)
+    with pytest.raises(PipelineError) as err:
+        run_ingest(tmp_path / "raw", tmp_path / "out", max_reject_fraction=0.05, source_name="data/raw/src")
+    assert str(err.value) == (
+        "data/raw/src: 8 of 19 files rejected (42.1% > data.max_reject_fraction 5.0%): blank_image 1, "
+        "decompression_bomb 1, empty_file 1, label_conflict 2, no_label_for_folder 1, not_an_image 1, "
+        "truncated_or_corrupt 1"
+    )
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]  # no temporary folder (.tmp-<pid>-out-...) left
+
+
+def empty_folder(root: Path) -> None:
+    root.mkdir()
+
+
+def unclassed_folder(root: Path) -> None:
+    save(root / "misc" / "a.png", scan(1))
+
+
+def table_without_class_column(root: Path) -> None:
+    root.mkdir()
+    (root / "t.csv").write_text("Image,Target\nImage1,1\n")
 
 
 @pytest.mark.parametrize(
     "make,message",
     [
-        (lambda root: root.mkdir(), "no files found"),
-        (lambda root: save(root / "misc" / "a.png", scan(1)), "no folder name is in data.tumor_folders"),
-        (lambda root: (root.mkdir(), (root / "t.csv").write_text("Image,Target\nImage1,1\n")), "no 'Class' column"),
+        (empty_folder, "data/raw/src: no files found"),
+        (
+            unclassed_folder,
+            "data/raw/src: no folder name is in data.tumor_folders or data.non_tumor_folders (folders seen: misc)",
+        ),
+        (table_without_class_column, "data/raw/src/t.csv: has an 'Image' column but no 'Class' column"),
     ],
+    ids=["empty", "no-class-folder", "no-class-column"],
 )
 def test_unusable_datasets_fail_with_one_line(tmp_path, make, message):
     make(tmp_path / "raw")
-    with pytest.raises(PipelineError, match=message) as err:
-        run_ingest(tmp_path / "raw", tmp_path / "out")
-    assert "\n" not in str(err.value)
+    with pytest.raises(PipelineError) as err:
+        run_ingest(tmp_path / "raw", tmp_path / "out", source_name="data/raw/src")
+    assert str(err.value) == message
     assert not (tmp_path / "out").exists()
+
+
+def test_a_source_that_is_missing_or_outside_data_raw_is_one_line(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    with pytest.raises(PipelineError) as err:
+        ingest.open_source(str(raw / "nope"), raw, tmp_path, 10**6)
+    assert str(err.value) == f"data.source: {str(raw / 'nope')!r} does not exist"
+    with pytest.raises(PipelineError) as err:
+        ingest.open_source(str(tmp_path), raw, tmp_path, 10**6)
+    assert str(err.value) == f"data.source: {str(tmp_path)!r} is not under {raw}/ (or data/synthetic)"
 
 
 def labelled(items) -> dict[str, object]:
@@ -187,9 +229,13 @@ def labelled(items) -> dict[str, object]:
     return {item.source: item.reason or item.label for item in items}
 
 
+def label_table(rows: list[tuple[str, object]], encoding: str = "utf-8") -> bytes:
+    """An Image,Class table as Excel writes it (CRLF line ends) in `encoding`."""
+    return "".join(f"{name},{label}\r\n" for name, label in [("Image", "Class"), *rows]).encode(encoding)
+
+
 def label_csv(path: Path, rows: list[tuple[str, object]], encoding: str = "utf-8") -> None:
-    with open(path, "w", newline="", encoding=encoding) as f:
-        csv.writer(f).writerows([("Image", "Class"), *rows])
+    path.write_bytes(label_table(rows, encoding))
 
 
 def test_several_label_tables_are_read_as_one_when_they_agree(tmp_path):
@@ -203,6 +249,7 @@ def test_several_label_tables_are_read_as_one_when_they_agree(tmp_path):
 
 
 def test_label_tables_that_disagree_are_one_error_naming_both_and_the_image(tmp_path):
+    """list_items itself (the stage's path, which must leave nothing behind: test_faults.py)."""
     save(tmp_path / "images" / "Image1.png", scan(1))
     label_csv(tmp_path / "a.csv", [("Image1", 1)])
     (tmp_path / "extra").mkdir()
@@ -240,3 +287,70 @@ def test_backslash_zip_entries_become_folders_and_still_cannot_escape(tmp_path):
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
         "out", "out/yes", "out/yes/scan.png", "windows.zip"
     ]  # fmt: skip
+
+
+def test_a_windows_zip_with_two_tables_in_cp1252_and_decomposed_names_is_read_whole(tmp_path, tiny_params):
+    """The three cases above together, through a zip and build_dataset (what the stage runs): backslash
+    separators, names stored decomposed (NFD), one table in Windows-1252 and one in UTF-8 that repeats an image
+    with the same class; every image is accepted, with its class."""
+    names = [f"scan {i} – {'été' if i % 2 else 'hiver'}" for i in range(12)]  # an en dash: 0x96 in cp1252
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rows = [(name, i % 2) for i, name in enumerate(names)]  # odd scans are tumours
+    archive = raw / "windows.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i, name in enumerate(names):
+            zf.writestr(f"Brain Tumor\\images\\{unicodedata.normalize('NFD', name)}.png", png_bytes(scan(i)))
+        zf.writestr("Brain Tumor\\labels.csv", label_table(rows[:7], "cp1252"))
+        zf.writestr("Brain Tumor\\more labels.csv", label_table(rows[6:]))  # UTF-8; row 6 again
+    tiny_params["data"]["source"] = str(archive)
+    report = ingest.build_dataset(tiny_params, raw, tmp_path / "dataset", tmp_path / "ingest.json")
+    assert report["accepted"] == 12 and report["rejected"] == 0
+    manifest = read_table(tmp_path / "dataset" / "manifest.csv")
+    classes = {unicodedata.normalize("NFC", Path(s).stem): c for s, c in zip(manifest["source"], manifest["class"])}
+    assert classes == {name: ("tumor" if i % 2 else "non_tumor") for i, name in enumerate(names)}
+
+
+# ---------------------------------------------------------------- duplicates and archive faults, accounted
+
+
+def test_zip_crc_error_names_archive_and_entry(tmp_path):
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("yes/a.png", b"A" * 100)
+    archive.write_bytes(archive.read_bytes().replace(b"A" * 100, b"B" + b"A" * 99))
+    with pytest.raises(PipelineError, match=r"data.zip: entry 'yes/a.png' is corrupt \(Bad CRC-32"):
+        sources.safe_extract(archive, tmp_path / "out", 10**6)
+
+
+EXACT_ONLY = {"near_duplicate_distance": -1, "max_pixels": 10**6, "processes": 1}  # distinct scans stay distinct
+
+
+def test_duplicate_zip_entries_are_accounted(tmp_path):
+    archive = tmp_path / "data.zip"
+    class_folders(tmp_path / "src")
+    zip_of(tmp_path / "src", archive)
+    with zipfile.ZipFile(archive, "a") as zf, pytest.warns(UserWarning, match="Duplicate name"):
+        zf.writestr("yes/y0.png", (tmp_path / "src" / "no" / "n0.png").read_bytes())
+    (tmp_path / "x").mkdir()
+    refused = sources.safe_extract(archive, tmp_path / "x", 10**8)
+    assert [(r.source, r.reason) for r in refused] == [("yes/y0.png (entry 13)", "duplicate_zip_entry")]
+    report = run_ingest(tmp_path / "x", tmp_path / "out", pre_rejected=refused, **EXACT_ONLY)
+    assert_accounted(report, 13)
+    assert report["accepted"] == 12 and report["rejected_by_reason"] == {"duplicate_zip_entry": 1}
+
+
+def test_duplicate_csv_rows_are_accounted_and_conflicting_ones_reject_the_image(tmp_path):
+    rows = [(f"Image{i}", i % 2) for i in range(1, 13)] + [("Image2", 0), ("image2.png", 0), ("Image3", 0)]
+    n = kaggle(tmp_path / "src", rows=rows)
+    report = run_ingest(tmp_path / "src", tmp_path / "out", **EXACT_ONLY)
+    assert_accounted(report, n + 3)
+    rejected = dict(
+        read_table(tmp_path / "out" / "files.csv").query("status == 'rejected'")[["source", "reason"]].values
+    )
+    assert rejected == {
+        "Brain Tumor.csv:row 14": "duplicate_csv_row",
+        "Brain Tumor.csv:row 15": "duplicate_csv_row",
+        "Brain Tumor.csv:row 16": "duplicate_csv_row",
+        "images/Image3.png": "label_conflict",  # rows 4 and 16 disagree: neither class can claim it
+    }

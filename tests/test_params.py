@@ -4,12 +4,19 @@ import copy
 
 import pytest
 import yaml
-from conftest import PROJECT
+from conftest import PROJECT, alias_bomb
 
 from brain_tumor.errors import PipelineError
-from brain_tumor.params import ParamsLoader, load_params, validate_params
+from brain_tumor.params import ParamsLoader, load_params, read_yaml, validate_params
 
 PARAMS = yaml.load((PROJECT / "params.yaml").read_text(), Loader=ParamsLoader)
+
+
+def replaced(text: str, old: str, new: str) -> str:
+    """`text` with the first `old` replaced by `new`, failing if `old` is not there: a replacement that silently
+    did not happen would leave the project's own values in place."""
+    assert old in text, f"{old!r} is not in params.yaml"
+    return text.replace(old, new, 1)
 
 
 def changed(path: str, value) -> dict:
@@ -107,14 +114,14 @@ def test_values_are_normalised_and_defaults_filled():
 
 def test_yaml_is_read_as_dvc_writes_it(tmp_path):
     """`dvc exp run -S` rewrites params.yaml in YAML 1.2: unquoted yes/no are folder names, 1e-3 a number."""
-    text = (PROJECT / "params.yaml").read_text()
-    text = text.replace('["yes", tumor', "[yes, tumor").replace('["no", non_tumor', "[no, non_tumor")
-    text = text.replace("lr: 0.0001", "lr: 1e-3")
+    text = replaced((PROJECT / "params.yaml").read_text(), '["yes", tumor', "[yes, tumor")
+    text = replaced(text, '["no", non_tumor', "[no, non_tumor")
+    text = replaced(text, "lr: 0.0001", "lr: 1e-3")
     (tmp_path / "params.yaml").write_text(text)
     params = load_params(tmp_path / "params.yaml")
-    assert params["data"]["tumor_folders"][0] == "yes" and params["data"]["non_tumor_folders"][0] == "no"
-    assert params["train_scratch"]["lr"] == 0.001
-    (tmp_path / "params.yaml").write_text(text.replace("group_duplicates: true", "group_duplicates: no"))
+    assert params.data.tumor_folders[0] == "yes" and params.data.non_tumor_folders[0] == "no"
+    assert params.train_scratch.lr == 0.001
+    (tmp_path / "params.yaml").write_text(replaced(text, "group_duplicates: true", "group_duplicates: no"))
     with pytest.raises(PipelineError, match=r"split.group_duplicates: 'no' is not allowed \(expected true or false"):
         load_params(tmp_path / "params.yaml")
 
@@ -136,13 +143,6 @@ def test_unreadable_params_file_is_one_line(tmp_path, text, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def alias_bomb() -> str:
-    """Nine levels of ten aliases (lines 1 to 10): 10**9 values once expanded, a few hundred bytes as text."""
-    levels = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
-    levels += [f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]" for a, b in zip("abcdefghi", "bcdefghij")]
-    return "\n".join(levels) + "\n"
-
-
 def test_alias_bomb_and_recursive_alias_are_refused_before_anything_is_built(tmp_path):
     """Refused from the node graph, without expanding it."""
     (tmp_path / "params.yaml").write_text(alias_bomb())
@@ -154,7 +154,7 @@ def test_alias_bomb_and_recursive_alias_are_refused_before_anything_is_built(tmp
 
 
 def test_duplicate_key_names_the_key_and_both_lines(tmp_path):
-    text = (PROJECT / "params.yaml").read_text().replace("  epochs: 20\n", "  epochs: 20\n  epochs: 30\n", 1)
+    text = replaced((PROJECT / "params.yaml").read_text(), "  epochs: 20\n", "  epochs: 20\n  epochs: 30\n")
     (tmp_path / "params.yaml").write_text(text)
     line = text.splitlines().index("  epochs: 30") + 1
     with pytest.raises(PipelineError) as err:
@@ -165,13 +165,44 @@ def test_duplicate_key_names_the_key_and_both_lines(tmp_path):
 
 
 def test_small_anchors_aliases_and_merge_keys_still_load(tmp_path):
-    """A shared training block (`<<: *train`) with keys given beside it: they override, not duplicate."""
-    text = (PROJECT / "params.yaml").read_text()
-    text = text.replace("train_scratch:\n", "train_scratch: &train\n").replace("seed: 42", "seed: &seed 42", 1)
-    text = text.replace("split:\n  seed: 42", "split:\n  seed: *seed")
-    transfer = "train_transfer:\n  <<: *train\n  head: linear\n  unfreeze_last: 0\n  precision: fp32\n"
+    """A shared training block (`<<: *train`) with keys given beside it: they override, not duplicate; a seed
+    shared through an alias. The values differ from the project's (whose seeds are all 42), so each must
+    arrive from where the test put it."""
+    text = replaced((PROJECT / "params.yaml").read_text(), "train_scratch:\n", "train_scratch: &train\n")
+    text = replaced(text, "  seed: 42", "  seed: &seed 7")  # the first: data.synthetic.seed
+    text = replaced(text, "split:\n  seed: 42", "split:\n  seed: *seed")
+    transfer = "train_transfer:\n  <<: *train\n  head: linear\n  unfreeze_last: 0\n  epochs: 3\n"
     text = text[: text.index("train_transfer:")] + transfer + text[text.index("\nevaluate:") :]
     (tmp_path / "params.yaml").write_text(text)
-    params = load_params(tmp_path / "params.yaml")
-    assert params["train_transfer"] == PARAMS["train_scratch"] | {"head": "linear", "unfreeze_last": 0}
-    assert params["split"]["seed"] == PARAMS["data"]["synthetic"]["seed"]
+    params = validate_params(read_yaml(tmp_path / "params.yaml"))
+    assert PARAMS["train_scratch"]["epochs"] != 3 and PARAMS["split"]["seed"] != 7  # what the YAML changes
+    assert params["train_transfer"] == PARAMS["train_scratch"] | {"head": "linear", "unfreeze_last": 0, "epochs": 3}
+    assert params["train_scratch"] == PARAMS["train_scratch"]  # the anchored block itself is unchanged
+    typed = load_params(tmp_path / "params.yaml")  # and the typed params the stages read
+    assert typed.data.synthetic.seed == typed.split.seed == 7 and typed.train_transfer.epochs == 3
+
+
+def test_the_typed_params_carry_every_key_and_the_schema_defaults():
+    """Stages read attributes of frozen dataclasses built by the schema: every key of params.yaml arrives, and
+    a key left out gets the schema's default (the one place defaults live)."""
+    import dataclasses
+
+    from brain_tumor.params import Params, typed
+
+    params = typed(PARAMS)
+    assert isinstance(params, Params)
+    for section, values in PARAMS.items():
+        got = dataclasses.asdict(getattr(params, section))
+        assert got == {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()} | {
+            k: got[k] for k in values if isinstance(values[k], dict)
+        }, section
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.split.seed = 1  # type: ignore[misc]
+    trimmed = copy.deepcopy(PARAMS)
+    for key in ("similarity_threshold", "neighbour_threshold", "mutual_neighbours", "max_group_size"):
+        del trimmed["split"][key]
+    del trimmed["train_transfer"]["intensity_looks"]
+    defaults = typed(trimmed)
+    assert (defaults.split.similarity_threshold, defaults.split.neighbour_threshold) == (0.95, 0.85)
+    assert (defaults.split.mutual_neighbours, defaults.split.max_group_size) == (2, 100)
+    assert defaults.train_transfer.intensity_looks == 0

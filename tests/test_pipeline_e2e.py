@@ -6,6 +6,7 @@ The pipeline is reproduced once per session (conftest's `baseline_repo`); each t
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -86,7 +87,12 @@ def test_repro_metrics_plots_and_noop(baseline_repo, tmp_path):
         assert (repo / "reports" / "evaluate" / f"{png}.png").stat().st_size > 1000
     epochs = (repo / "metrics" / "train_transfer" / "plots" / "metrics" / "val" / "loss.tsv").read_text().split()
     assert epochs[2] == "1"  # epochs are numbered from 1 in the curves, as in the model file and the logs
-    assert (repo / "metrics" / "train_transfer" / "report.md").exists()
+    live_dir = repo / "metrics" / "train_transfer"  # DVCLive's report: params, last metrics, the four curves
+    report = (live_dir / "report.md").read_text()
+    assert report.startswith("# DVC Report") and "params.yaml" in report and "|   best.epoch |" in report
+    curves = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert sorted(curves) == [f"static/{s}/{m}.png" for s in ("train", "val") for m in ("accuracy", "loss")]
+    assert all((live_dir / curve).stat().st_size > 1000 for curve in curves)
 
     assert executed_stages(sh(["dvc", "repro"], repo).stdout) == set()
 
@@ -163,7 +169,10 @@ def test_repro_killed_during_training_resumes_to_the_committed_lock(baseline_rep
     repo = copy_of(baseline_repo, tmp_path / "repo")
     rerun = ["dvc", "repro", "--force", "--single-item", "train-transfer"]
     killed = sh(["env", "BRAIN_TUMOR_KILL_AFTER_EPOCH=1", *rerun], repo, check=False)
-    assert killed.returncode != 0 and "transfer epoch  1/2" in killed.stdout
+    assert killed.returncode == 255 and "transfer epoch  1/2" in killed.stdout
+    assert killed.stderr.strip().splitlines()[-1] == (  # -9: the stage died of SIGKILL, it did not fail
+        "ERROR: failed to reproduce 'train-transfer': failed to run: python -m stages.train_transfer, exited with -9"
+    )
     assert not (repo / "models" / "transfer.pt").exists()
     assert (repo / "models" / "transfer.resume.pt").is_file()
     again = sh(rerun, repo)
@@ -188,9 +197,10 @@ def test_queued_sweep_finishes_runs_its_own_code_and_prints_a_narrow_table(basel
     assert "2 succeeded, 0 failed" in result.stderr
     rows = [line for line in result.stdout.splitlines() if line.strip()]
     assert max(len(line) for line in rows) <= 160 and rows[0].split()[:2] == ["experiment", "accuracy"]
-    assert sorted(line.split()[-1] for line in rows[1:] if line.split()[0] not in ("workspace", "master")) == sorted(
-        points
-    )
+    branch = sh(["git", "branch", "--show-current"], repo).stdout.strip()  # master, main: git's init.defaultBranch
+    baseline_rows = [line for line in rows[1:] if line.split()[0] in ("workspace", branch)]
+    assert len(baseline_rows) == 2, rows
+    assert sorted(line.split()[-1] for line in rows[1:] if line not in baseline_rows) == sorted(points)
     table = json.loads(sh(["dvc", "exp", "show", "--json"], repo).stdout)
     runs = [rev for row in table for e in row.get("experiments") or [] for rev in e["revs"]]
     assert len(runs) == 2
@@ -218,42 +228,50 @@ def test_artifacts_get_and_dvc_get_from_a_tagged_clone(baseline_repo, tmp_path):
     assert md5(out / "transfer.pt") == md5(origin / "models" / "transfer.pt")
 
 
+def missing_source(repo) -> str:
+    return "data/raw/nope"
+
+
+def table_without_class_column(repo) -> str:
+    (repo / "data" / "raw" / "t").mkdir()
+    (repo / "data" / "raw" / "t" / "labels.csv").write_text("Image,Label\nImage1,1\n")
+    return "data/raw/t"
+
+
+FAILED_INGEST = "ERROR: failed to reproduce 'ingest'"
+
+
 @pytest.mark.parametrize(
-    "setup,message",
+    "setup,message,dvc_says",
     [
-        (lambda repo: "data/raw/nope", "does not exist"),
-        (lambda repo: (repo / "data" / "raw" / "empty").mkdir() or "data/raw/empty", "no files found"),
-        (
-            lambda repo: (
-                (
-                    (repo / "data/raw/t").mkdir(),
-                    (repo / "data/raw/t/labels.csv").write_text("Image,Label\nImage1,1\n"),
-                )
-                and "data/raw/t"
-            ),
-            "no 'Class' column",
+        (  # DVC itself stops at the missing dependency
+            missing_source,
+            "error: data.source: 'data/raw/nope' does not exist",
+            [f"{FAILED_INGEST}: [Errno 2] No such file or directory: '{{repo}}/data/raw/nope'"],
         ),
-        (
-            lambda repo: (
-                (
-                    (repo / "data/raw/f/misc").mkdir(parents=True),
-                    (repo / "data/raw/f/misc/a.png").write_bytes(b"x"),
-                )
-                and "data/raw/f"
-            ),
-            "no folder name is in data.tumor_folders",
+        (  # DVC runs the stage, which refuses the source
+            table_without_class_column,
+            "error: data/raw/t/labels.csv: has an 'Image' column but no 'Class' column",
+            [
+                "error: data/raw/t/labels.csv: has an 'Image' column but no 'Class' column",
+                f"{FAILED_INGEST}: failed to run: python -m stages.ingest, exited with 1",
+            ],
         ),
     ],
+    ids=["missing", "unusable"],
 )
-def test_bad_source_fails_in_one_line_without_outputs(project_repo, setup, message):
+def test_bad_source_fails_in_one_line_without_outputs(project_repo, setup, message, dvc_says):
+    """The stage script and `dvc repro` on a source that is missing and on one ingest refuses (the cases
+    themselves: test_ingest.py)."""
     repo = project_repo
     set_params(repo, **{"data.source": setup(repo)})
     result = sh(["python", "-m", "stages.ingest"], repo, check=False)
     assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert result.stderr.strip().splitlines() == [message], result.stderr
     assert not (repo / "data" / "dataset").exists() and not (repo / "metrics" / "ingest.json").exists()
-    assert sh(["dvc", "repro"], repo, check=False).returncode != 0
+    repro = sh(["dvc", "repro"], repo, check=False)
+    assert repro.returncode == 255
+    assert repro.stderr.strip().splitlines() == [line.format(repo=repo) for line in dvc_says], repro.stderr
     assert not (repo / "data" / "dataset").exists()
 
 
@@ -265,7 +283,7 @@ def test_other_files_under_data_raw_do_not_reach_dvc(project_repo):
     os.mkfifo(junk / "pipe")
     (junk / os.fsdecode(b"caf\xe9.png")).write_bytes(b"x")
     result = subprocess.run(
-        ["dvc", "status"],
+        ["dvc", "status", "--json"],
         cwd=project_repo,
         env=venv_env(),
         capture_output=True,
@@ -274,7 +292,8 @@ def test_other_files_under_data_raw_do_not_reach_dvc(project_repo):
         stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stderr
-    assert "ingest" in result.stdout  # reported as never run, not as an error
+    assert set(json.loads(result.stdout)) == STAGE_NAMES, result.stdout  # every stage reported as never run
+    assert "unrelated" not in result.stdout + result.stderr  # and nothing said about the junk
 
 
 def test_committed_lock_matches_the_committed_code_and_params():

@@ -1,4 +1,5 @@
-"""`brain-tumor predict` and Grad-CAM on tiny models trained here (shared with test_export.py)."""
+"""`brain-tumor predict` and Grad-CAM on tiny models trained once per session (conftest's `tiny`, shared with
+test_export.py)."""
 
 import io
 import json
@@ -9,47 +10,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import built_once, save, scan, truncated_jpeg
+from conftest import TRANSFER_THRESHOLD, save, scan, truncated_jpeg
 from PIL import Image
 
-from brain_tumor import explain, ingest, split, train
+from brain_tumor import explain
 from brain_tumor.cli import main
 from brain_tumor.data import load_split
 from brain_tumor.evaluate import p_tumor, predict_logits
-from brain_tumor.export import export_models
-from brain_tumor.inference import model_input, write_threshold
+from brain_tumor.inference import model_input
 from brain_tumor.outputs import file_sha256
 from brain_tumor.predict import COLUMNS, load_model
 
-pytestmark = pytest.mark.slow  # builds and trains tiny models (about 20 s); `make test-fast` skips it
-
-THRESHOLDS = {"scratch": 0.5, "transfer": 0.3}  # what the evaluate stage would have chosen
-TRANSFER_THRESHOLD = THRESHOLDS["transfer"]
-
-
-def build_tiny_models(base: Path, params: dict) -> None:
-    """A tiny synthetic split in `base`, both models trained on it, their threshold files (as the evaluate
-    stage writes them) and their ONNX exports.
-
-    The transfer model sees 64 px (MobileNetV2's last block is then 2x2, so Grad-CAM has a map to show).
-    """
-    params = params | {"train_transfer": params["train_transfer"] | {"image_size": 64}}
-    ingest.build_dataset(params, base / "raw", base / "dataset", base / "ingest.json")
-    split.split_dataset(params, base / "dataset", base / "split", base / "split.json", base / "people")
-    for kind, threshold in THRESHOLDS.items():
-        model = base / "models" / f"{kind}.pt"
-        train.train_model(kind, params, base / "split", model, base / "live" / kind)
-        point = {"threshold": threshold, "target_sensitivity": 0.95}
-        point |= {"validation_sensitivity": 1.0, "validation_specificity": 0.5}
-        write_threshold(model, point, file_sha256(model))
-    export_models({kind: base / "models" / f"{kind}.pt" for kind in THRESHOLDS})
-
-
-@pytest.fixture
-def tiny(tmp_path_factory, tiny_params, monkeypatch) -> Path:
-    """The tiny models, built once per session (shared with test_export.py and every xdist worker)."""
-    monkeypatch.setenv("BRAIN_TUMOR_CACHE", str(tmp_path_factory.mktemp("cache")))
-    return built_once(tmp_path_factory, "tiny-models", lambda base: build_tiny_models(base, tiny_params))
+pytestmark = pytest.mark.slow  # trains tiny models (about 20 s, conftest's `tiny`); `make test-fast` skips it
 
 
 def split_test_images(tiny: Path) -> list[Path]:
@@ -146,8 +118,9 @@ def test_a_missing_model_says_how_to_get_it(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     save(tmp_path / "a.png", scan(0))
     assert main(["predict", "a.png"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "models/transfer.pt" in err[0] and "dvc repro" in err[0] and "dvc pull" in err[0]
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: models/transfer.pt: no such model file; run `dvc repro` to build it or `dvc pull` to fetch it"
+    ]
 
 
 def test_predict_gives_the_evaluate_stage_probabilities(tiny):

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_tiny_params
 from PIL import Image, ImageFilter, ImageOps
 
 from brain_tumor import similarity as sim
-from brain_tumor.ingest import folder_label_map, ingest_folder
+from brain_tumor.ingest import ingest_folder
 from brain_tumor.split import split_dataset
 from brain_tumor.synthetic import brain_slice
 
@@ -138,11 +139,10 @@ def planted_dataset(tmp_path: Path) -> Path:
             copy = (255 * (grey[:, ::-1] / 255) ** 1.5).astype(np.uint8)  # mirrored, darker
             Image.fromarray(jpeg(copy, 60)).save(folder / f"scan{i:02d}_again.jpg")
             Image.fromarray(np.asarray(ImageOps.equalize(Image.fromarray(grey)))).save(folder / f"scan{i:02d}_eq.png")
-    params = {"data": {"tumor_folders": ["yes"], "non_tumor_folders": ["no"]}}
     ingest_folder(
         root,
         tmp_path / "dataset",
-        labels=folder_label_map(params["data"]),
+        labels={"yes": "tumor", "no": "non_tumor"},
         near_duplicate_distance=4,
         max_reject_fraction=0.5,
         max_pixels=10**8,
@@ -152,7 +152,8 @@ def planted_dataset(tmp_path: Path) -> Path:
 
 
 def run_split(dataset: Path, tmp_path: Path, **split_params) -> tuple[dict, pd.DataFrame]:
-    params = {"split": {"seed": 42, "train": 0.6, "val": 0.2, "test": 0.2, "group_duplicates": True} | split_params}
+    params = make_tiny_params()
+    params["split"] = {"seed": 42, "train": 0.6, "val": 0.2, "test": 0.2, "group_duplicates": True} | split_params
     report = split_dataset(params, dataset, tmp_path / "split", tmp_path / "split.json", tmp_path / "people")
     assert json.loads((tmp_path / "split.json").read_text()) == report
     return report, pd.read_csv(tmp_path / "split" / "split_manifest.csv")

@@ -4,12 +4,12 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import save, scan
-from test_hardening import ws  # noqa: F401 (a fixture)
+from conftest import make_tiny_params, save, scan
 
 from brain_tumor.errors import PipelineError
+from brain_tumor.params import typed
 from brain_tumor.shortcuts import STATISTICS, shortcut_check, warning_line
-from brain_tumor.split import SPLITS, GroupingSettings, assign_splits, check_fractions
+from brain_tumor.split import SPLITS, GroupingSettings, assign_splits
 
 
 def test_grouped_split_never_divides_a_group_and_meets_fractions():
@@ -35,23 +35,24 @@ def test_grouped_split_never_divides_a_group_and_meets_fractions():
             assert abs(in_class.count(s) / len(in_class) - fractions[s]) <= 0.01
 
 
-def test_fractions_must_sum_to_one():
-    with pytest.raises(PipelineError, match="sum to 1"):
-        check_fractions({"train": 0.7, "val": 0.2, "test": 0.2})
-
-
-def test_grouping_settings_have_defaults_and_refuse_inconsistent_values():
-    settings = GroupingSettings.from_params({"group_duplicates": True})
-    assert (settings.threshold, settings.neighbour_threshold, settings.mutual, settings.max_size) == (
-        0.95,
-        0.85,
-        2,
-        100,
-    )
-    with pytest.raises(PipelineError, match="neighbour_threshold <= similarity_threshold"):
-        GroupingSettings.from_params({"group_duplicates": True, "neighbour_threshold": 0.97})
-    with pytest.raises(PipelineError, match="max_group_size >= 2"):
-        GroupingSettings.from_params({"group_duplicates": True, "max_group_size": 1})
+def test_grouping_settings_are_the_split_params_and_the_schema_refuses_inconsistent_ones():
+    """Ranges and the cross-key rules live in the schema alone: the split reads what it was given."""
+    params = make_tiny_params()
+    params["split"] |= {"similarity_threshold": 0.9, "neighbour_threshold": 0.8, "mutual_neighbours": 3}
+    settings = GroupingSettings.from_params(typed(params).split)
+    assert (settings.enabled, settings.threshold, settings.neighbour_threshold, settings.mutual, settings.max_size) == (
+        True, 0.9, 0.8, 3, 100,
+    )  # fmt: skip
+    for change, message in (
+        ({"train": 0.7, "val": 0.2, "test": 0.2}, "params.yaml: split: train + val + test = 1.1 (expected a sum of 1)"),
+        ({"neighbour_threshold": 0.97}, "params.yaml: split: neighbour_threshold is above similarity_threshold"),
+        ({"max_group_size": 1}, "params.yaml: split.max_group_size: 1 is not allowed (expected an integer >= 2)"),
+    ):
+        bad = make_tiny_params()
+        bad["split"] |= change
+        with pytest.raises(PipelineError) as err:
+            typed(bad)
+        assert str(err.value).startswith(message)
 
 
 # ---------------------------------------------------------------- the shortcut check
@@ -89,7 +90,7 @@ def class_scans(root, per_class: int, leak: bool) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("leak", [True, False], ids=["collections-differ", "same-processing"])
-def test_the_split_stage_reports_the_shortcut_check(ws, leak):  # noqa: F811 (the imported fixture)
+def test_the_split_stage_reports_the_shortcut_check(ws, leak):
     class_scans(ws.source("folders"), 40, leak)
     assert ws.run("ingest").returncode == 0
     result = ws.run("split")
