@@ -10,8 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from brain_tumor import ingest, split
-from brain_tumor.params import load_params
+from brain_tumor.core.params import load_params
+from brain_tumor.data import ingest, split
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-tumor-mri"
 

@@ -25,14 +25,14 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
-from brain_tumor.checkpoint import load_trained
-from brain_tumor.contracts import read_split_manifest
-from brain_tumor.evaluate import p_tumor, predict_logits
-from brain_tumor.inference import threshold_file
-from brain_tumor.intensity import LEVELS
-from brain_tumor.intervals import wilson_interval
-from brain_tumor.resize import resize_rgb
-from brain_tumor.shortcuts import STATISTICS, fit_shortcut_models, statistics_table
+from brain_tumor.core.contracts import read_split_manifest
+from brain_tumor.core.intervals import wilson_interval
+from brain_tumor.core.resize import resize_rgb
+from brain_tumor.data.shortcuts import STATISTICS, fit_shortcut_models, statistics_table
+from brain_tumor.evaluation.evaluate import p_tumor, predict_logits
+from brain_tumor.serving.inference import threshold_file
+from brain_tumor.training.checkpoint import load_trained
+from brain_tumor.training.intensity import LEVELS
 
 TRANSFORMS = {  # uint8 look-up tables
     "unchanged": LEVELS,

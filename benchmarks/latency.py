@@ -1,7 +1,7 @@
 """Benchmark: inference latency of both models, PyTorch vs ONNX Runtime, one image and a batch of 64.
 
 PyTorch runs as `brain-tumor predict` runs it (eval mode, inference_mode, channels_last); ONNX Runtime
-runs the file the export stage writes (`brain_tumor.export.export_onnx`, default graph optimisations).
+runs the file the export stage writes (`brain_tumor.serving.export.export_onnx`, default graph optimisations).
 Both use every logical core. Inputs are already normalised, so only the model is timed: the median of
 repeated runs after warm-up, the two runtimes' calls interleaved so that both see the same load on a
 shared machine. Weights do not change the time: models/<name>.pt is used when it exists, else an
@@ -24,10 +24,10 @@ import onnxruntime as ort
 import pandas as pd
 import torch
 
-from brain_tumor.data import MEAN, STD
-from brain_tumor.export import export_onnx, normalise
-from brain_tumor.models import ScratchCNN, TransferNet
-from brain_tumor.predict import load_onnx, load_torch
+from brain_tumor.core.arrays import MEAN, STD
+from brain_tumor.serving.export import export_onnx, normalise
+from brain_tumor.serving.predict import load_onnx, load_torch
+from brain_tumor.training.models import ScratchCNN, TransferNet
 
 BATCHES = (1, 64)
 

@@ -1,4 +1,4 @@
-"""Benchmark: what reproducible mode (AVX2 caps, fixed threads; brain_tumor/numerics.py) costs in speed.
+"""Benchmark: what reproducible mode (AVX2 caps, fixed threads; brain_tumor/core/numerics.py) costs in speed.
 
 Runs the two hot loops of train-transfer - the frozen prefix pass (inference) and a training step of the
 fine-tuned blocks (forward, backward, Adam) - once in reproducible mode and once natively (every core, the
@@ -20,8 +20,8 @@ def measure(repeats: int) -> None:
     import torch
 
     import brain_tumor  # noqa: F401  (applies the mode from the environment)
-    from brain_tumor.models import TransferNet
-    from brain_tumor.numerics import reproducible, threads
+    from brain_tumor.core.numerics import reproducible, threads
+    from brain_tumor.training.models import TransferNet
 
     torch.set_num_threads(threads() if reproducible() else os.cpu_count() or 1)  # as the training stage does
     model = TransferNet("linear", 224, 12).to(memory_format=torch.channels_last)

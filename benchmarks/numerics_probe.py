@@ -98,7 +98,7 @@ def exact_gradient(torch, n: int, i: int):
 def our_ops(torch, out: dict) -> None:
     """The ops and models of this pipeline, as its stages run them (channels_last, inference mode)."""
     import brain_tumor  # noqa: F401  (the package's import-time settings, as a stage has them)
-    from brain_tumor.models import ScratchCNN, TransferNet, load_imagenet_backbone, resolve_weights
+    from brain_tumor.training.models import ScratchCNN, TransferNet, load_imagenet_backbone, resolve_weights
 
     last = torch.channels_last
     out["sin"] = digest(torch.sin(torch.arange(1_000_000, dtype=torch.float32)))  # the shared probe's Adam input

@@ -1,4 +1,4 @@
-"""Benchmark: the seen-index (brain_tumor/seen.py): how long the training stage takes to write it, how big it
+"""Benchmark: the seen-index (brain_tumor/training/seen.py): how long the training stage takes to write it, how big it
 is, and what `brain-tumor predict`'s look-up costs per scan (the descriptor of the scan, then the four flips
 against every indexed scan), in batches of 32 as predict runs it.
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from brain_tumor.contracts import read_split_manifest
-from brain_tumor.outputs import file_sha256
-from brain_tumor.seen import build_index, nearest_seen, read_index, save_index
+from brain_tumor.core.contracts import read_split_manifest
+from brain_tumor.core.outputs import file_sha256
+from brain_tumor.training.seen import build_index, nearest_seen, read_index, save_index
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brain_tumor import ingest, similarity, split
-from brain_tumor.params import load_params
+from brain_tumor.core.params import load_params
+from brain_tumor.data import ingest, similarity, split
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-tumor-mri"
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"

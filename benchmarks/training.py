@@ -6,7 +6,7 @@ epochs, best by validation loss. (Unlike the seed, its frozen backbone keeps Bat
 validation runs in eval mode, so that both sides train the same model and accuracies are comparable.)
 It runs as the notebook ran, with torch's defaults: none of the package's process settings (reproducible
 mode's instruction-set cap and thread count, huge-page allocations).
-Ours: `brain_tumor.train.train_model`, the code of the train-* stages, with an empty cache, so decoding and the
+Ours: `brain_tumor.training.train.train_model`, the code of the train-* stages, with an empty cache, so decoding and the
 feature pass are paid inside the measured time.
 
 Both sides are timed from the start of training (model built, data read) to the best weights in memory
@@ -31,13 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from brain_tumor import train
-from brain_tumor.checkpoint import load_trained
-from brain_tumor.data import batch_indices, load_split
-from brain_tumor.evaluate import predict
-from brain_tumor.outputs import read_table, write_table
-from brain_tumor.params import Params, load_params
-from brain_tumor.train import seed_everything
+from brain_tumor.core.arrays import batch_indices, load_split
+from brain_tumor.core.outputs import read_table, write_table
+from brain_tumor.core.params import Params, load_params
+from brain_tumor.evaluation.evaluate import predict
+from brain_tumor.training import prefix, train
+from brain_tumor.training.checkpoint import load_trained
+from brain_tumor.training.device import seed_everything
 
 SEED_RECIPE = {
     "image_size": 224, "batch_size": 16, "epochs": 20, "lr": 1e-4, "lr_schedule": "constant",
@@ -57,7 +57,7 @@ def subset_split(split_dir: Path, images: int, seed: int, out: Path) -> None:
 
 
 class SeededBatches:
-    """A batch sampler giving a new seeded permutation per epoch, exactly as `train.fit` shuffles."""
+    """A batch sampler giving a new seeded permutation per epoch, exactly as `loop.fit` shuffles."""
 
     def __init__(self, n: int, batch_size: int, seed: int):
         self.n, self.batch_size, self.generator = n, batch_size, torch.Generator().manual_seed(seed)
@@ -182,11 +182,13 @@ def feature_pass(params: Params, split_dir: Path, work: Path, precision: str) ->
     model = train.build_model("transfer", cfg).to(memory_format=torch.channels_last)
     device = torch.device("cpu")
     start = time.perf_counter()
-    features = train.prefix_views(model, images, 1, train.PREFIX_BATCH, device, train.autocast_dtype(precision, device))
+    features = prefix.prefix_views(
+        model, images, 1, prefix.PREFIX_BATCH, device, device.autocast_dtype(precision, device)
+    )
     return len(images.labels) / (time.perf_counter() - start), np.array(features)
 
 
-TORCH_DEFAULTS = {  # the seed notebook's process: none of the package's settings (brain_tumor/numerics.py)
+TORCH_DEFAULTS = {  # the seed notebook's process: none of the package's settings (brain_tumor/core/numerics.py)
     "BRAIN_TUMOR_REPRODUCIBLE": "0", "THP_MEM_ALLOC_ENABLE": "0", "ONEDNN_MAX_CPU_ISA": None,
     "ATEN_CPU_CAPABILITY": None, "MKL_CBWR": None, "OMP_NUM_THREADS": None, "MKL_NUM_THREADS": None,
 }  # fmt: skip

@@ -4,9 +4,9 @@ reports/evaluate/ (figures) and reports/model_card.md."""
 
 from pathlib import Path
 
-from brain_tumor.evaluate import evaluate_models
-from brain_tumor.params import load_params
-from brain_tumor.stage import run_stage
+from brain_tumor.core.params import load_params
+from brain_tumor.core.stage import run_stage
+from brain_tumor.evaluation.evaluate import evaluate_models
 
 
 def main() -> None:

@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from brain_tumor.ingest import build_dataset
-from brain_tumor.params import load_params
-from brain_tumor.stage import run_stage
+from brain_tumor.core.params import load_params
+from brain_tumor.core.stage import run_stage
+from brain_tumor.data.ingest import build_dataset
 
 
 def main() -> None:

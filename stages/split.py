@@ -3,10 +3,10 @@ reports/data/."""
 
 from pathlib import Path
 
-from brain_tumor.labels import CLASSES, SPLITS
-from brain_tumor.params import load_params
-from brain_tumor.split import split_dataset
-from brain_tumor.stage import run_stage
+from brain_tumor.core.labels import CLASSES, SPLITS
+from brain_tumor.core.params import load_params
+from brain_tumor.core.stage import run_stage
+from brain_tumor.data.split import split_dataset
 
 
 def main() -> None:

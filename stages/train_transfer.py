@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from brain_tumor.params import load_params
-from brain_tumor.stage import run_stage
-from brain_tumor.train import train_model
+from brain_tumor.core.params import load_params
+from brain_tumor.core.stage import run_stage
+from brain_tumor.training.train import train_model
 
 
 def main() -> None:

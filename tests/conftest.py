@@ -258,7 +258,7 @@ class Workspace:
         return yaml.safe_load((self.root / "metrics" / "ingest.json").read_text())
 
     def rejected(self) -> dict[str, str]:
-        from brain_tumor.outputs import read_table
+        from brain_tumor.core.outputs import read_table
 
         files = read_table(self.root / "data" / "dataset" / "files.csv")
         return dict(files.loc[files["status"] == "rejected", ["source", "reason"]].itertuples(index=False))
@@ -383,10 +383,11 @@ def build_tiny_models(base: Path, params: dict) -> None:
 
     The transfer model sees 64 px (MobileNetV2's last block is then 2x2, so Grad-CAM has a map to show).
     """
-    from brain_tumor import ingest, split, train
-    from brain_tumor.export import export_models
-    from brain_tumor.inference import write_threshold
-    from brain_tumor.outputs import file_sha256
+    from brain_tumor.core.outputs import file_sha256
+    from brain_tumor.data import ingest, split
+    from brain_tumor.serving.export import export_models
+    from brain_tumor.serving.inference import write_threshold
+    from brain_tumor.training import train
 
     params = params | {"train_transfer": params["train_transfer"] | {"image_size": 64}}
     ingest.build_dataset(params, base / "raw", base / "dataset", base / "ingest.json")
@@ -431,7 +432,9 @@ def python_as_nobody(args: list[str], cwd: Path, **kw) -> subprocess.CompletedPr
         if not shutil.which("setpriv"):
             pytest.skip("running as root, and no setpriv to drop to an unprivileged user")
         prefix = ["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups"]
-    probe = subprocess.run([*prefix, sys.executable, "-c", "import brain_tumor.cli"], cwd=cwd, capture_output=True)
+    probe = subprocess.run(
+        [*prefix, sys.executable, "-c", "import brain_tumor.serving.cli"], cwd=cwd, capture_output=True
+    )
     if probe.returncode:
         pytest.skip(f"user {NOBODY} cannot run this project's Python: {probe.stderr.decode()[-300:]}")
     return subprocess.run([*prefix, sys.executable, *args], cwd=cwd, capture_output=True, text=True, **kw)

@@ -1,6 +1,6 @@
 import pytest
 
-from brain_tumor.outputs import atomic_dir
+from brain_tumor.core.outputs import atomic_dir
 
 
 def test_atomic_dir_replaces_only_on_success(tmp_path):

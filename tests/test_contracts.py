@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from conftest import assert_one_error, copy_of, sh
 
-from brain_tumor.outputs import file_sha256
+from brain_tumor.core.outputs import file_sha256
 
 pytestmark = pytest.mark.e2e
 
@@ -158,7 +158,7 @@ def test_an_output_folder_that_is_a_file_is_one_line(pipeline, tmp_path, target,
 def rewrite_record(path, **changes) -> None:
     import torch
 
-    from brain_tumor.checkpoint import save_checkpoint
+    from brain_tumor.training.checkpoint import save_checkpoint
 
     saved = torch.load(path, weights_only=True)
     save_checkpoint({"state_dict": saved["state_dict"], "meta": saved["meta"] | changes}, path)

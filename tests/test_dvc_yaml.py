@@ -9,7 +9,7 @@ from conftest import PROJECT
 
 PACKAGE = "brain_tumor"
 # Output-neutral modules: terminal output only, so no stage lists them (a restyled progress bar re-runs nothing)
-OUTPUT_NEUTRAL = {"brain_tumor/console.py"}
+OUTPUT_NEUTRAL = {"brain_tumor/core/console.py"}
 
 
 def imported_modules(file: Path) -> set[str]:
@@ -39,8 +39,10 @@ def code_dependencies(script: Path) -> set[str]:
             if file not in files:
                 files.add(file)
                 todo.append(file)
-    files.add(PROJECT / PACKAGE / "__init__.py")
-    return {f.relative_to(PROJECT).as_posix() for f in files} - OUTPUT_NEUTRAL
+    for file in list(files):  # importing brain_tumor.core.params runs brain_tumor/core/__init__.py first
+        files |= {parent / "__init__.py" for parent in file.parents if (parent / "__init__.py").is_file()}
+    package_files = {f for f in files if f.is_relative_to(PROJECT / PACKAGE)}
+    return {f.relative_to(PROJECT).as_posix() for f in {*package_files, script}} - OUTPUT_NEUTRAL
 
 
 STAGES = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]

@@ -6,9 +6,12 @@ import pytest
 from PIL import Image
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score
 
-from brain_tumor import evaluate as ev
-from brain_tumor import figures
-from brain_tumor.calibration import (
+from brain_tumor.core.errors import PipelineError
+from brain_tumor.core.intervals import wilson_interval
+from brain_tumor.core.plotting import save_figure
+from brain_tumor.evaluation import evaluate as ev
+from brain_tumor.evaluation import figures
+from brain_tumor.evaluation.calibration import (
     calibration_report,
     expected_calibration_error,
     fit_temperature,
@@ -16,8 +19,7 @@ from brain_tumor.calibration import (
     nll,
     reliability_table,
 )
-from brain_tumor.errors import PipelineError
-from brain_tumor.evaluate import (
+from brain_tumor.evaluation.evaluate import (
     binary_metrics,
     bootstrap_ci,
     choose_threshold,
@@ -25,9 +27,7 @@ from brain_tumor.evaluate import (
     resampled_roc_auc,
     roc_auc,
 )
-from brain_tumor.figures import reliability_figure
-from brain_tumor.intervals import wilson_interval
-from brain_tumor.plotting import save_figure
+from brain_tumor.evaluation.figures import reliability_figure
 
 
 def test_metrics_match_hand_counts():
@@ -272,7 +272,7 @@ def test_a_manifest_without_subgroup_columns_is_one_line(tmp_path):
 
 
 def test_external_metrics_are_null_where_a_class_is_missing():
-    from brain_tumor.external import unseen_metrics
+    from brain_tumor.evaluation.external import unseen_metrics
 
     tumours = np.ones(20, dtype=int)
     score = np.linspace(0.05, 0.95, 20)

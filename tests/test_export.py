@@ -12,13 +12,13 @@ import pytest
 from conftest import TRANSFER_THRESHOLD, truncated_jpeg, venv_env
 from PIL import Image
 
-from brain_tumor.cli import main
-from brain_tumor.data import load_split
-from brain_tumor.evaluate import p_tumor, predict_logits
-from brain_tumor.export import PARITY_TOLERANCE
-from brain_tumor.inference import normalise
-from brain_tumor.outputs import file_sha256
-from brain_tumor.predict import load_model
+from brain_tumor.core.arrays import load_split
+from brain_tumor.core.outputs import file_sha256
+from brain_tumor.evaluation.evaluate import p_tumor, predict_logits
+from brain_tumor.serving.cli import main
+from brain_tumor.serving.export import PARITY_TOLERANCE
+from brain_tumor.serving.inference import normalise
+from brain_tumor.serving.predict import load_model
 
 pytestmark = pytest.mark.slow  # builds and trains tiny models (about 20 s); `make test-fast` skips it
 
@@ -103,7 +103,7 @@ def test_the_onnx_path_never_imports_torch(exported, tmp_path):
     out = tmp_path / "p.json"
     script = (
         "import sys\n"
-        "from brain_tumor.cli import main\n"
+        "from brain_tumor.serving.cli import main\n"
         f"status = main(['predict', {str(folder)!r}, '--model', {str(onnx_alone)!r},"
         f" '--out', {str(out)!r}])\n"
         "assert status == 0, status\n"

@@ -38,9 +38,9 @@ from conftest import (
     venv_env,
 )
 
-from brain_tumor.checkpoint import save_checkpoint
-from brain_tumor.models import ScratchCNN
-from brain_tumor.predict import Limits, limits_from_params
+from brain_tumor.serving.predict import Limits, limits_from_params
+from brain_tumor.training.checkpoint import save_checkpoint
+from brain_tumor.training.models import ScratchCNN
 
 BRAIN_TUMOR = str(Path(sys.executable).parent / "brain-tumor")  # the console script, as a user runs it
 
@@ -201,14 +201,14 @@ def test_predict_uses_a_valid_limit_from_a_foreign_params_yaml(scans):
 
 
 HOLD = """import sys, time
-import brain_tumor.predict
+import brain_tumor.serving.predict
 
 def held(path, max_pixels):  # stands still at the first image, once the archive is extracted
     print("decoding", flush=True)
     time.sleep(600)
 
-brain_tumor.predict.decode_scan = held
-from brain_tumor.cli import main
+brain_tumor.serving.predict.decode_scan = held
+from brain_tumor.serving.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -23,14 +23,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from brain_tumor.checkpoint import load_trained, save_checkpoint
-from brain_tumor.errors import PipelineError
-from brain_tumor.images import RejectedFile, decode_scan
-from brain_tumor.inference import check_onnx_contract, onnx_session, read_threshold
-from brain_tumor.ingest import folder_label_map, list_items
-from brain_tumor.models import ScratchCNN
-from brain_tumor.params import load_params, typed
-from brain_tumor.sources import safe_extract
+from brain_tumor.core.errors import PipelineError
+from brain_tumor.core.params import load_params, typed
+from brain_tumor.data.images import RejectedFile, decode_scan
+from brain_tumor.data.ingest import folder_label_map, list_items
+from brain_tumor.data.sources import safe_extract
+from brain_tumor.serving.inference import check_onnx_contract, onnx_session, read_threshold
+from brain_tumor.training.checkpoint import load_trained, save_checkpoint
+from brain_tumor.training.models import ScratchCNN
 
 pytestmark = pytest.mark.fuzz
 REASONS = {  # every reason decode_scan may give
@@ -315,7 +315,7 @@ def test_mutated_onnx_metadata_is_checked_or_one_line(tmp_path, key, value):
     )
 )
 def test_any_predict_arguments_end_in_a_status_and_at_most_one_error_line(tmp_path, args, capsys, monkeypatch):
-    from brain_tumor.cli import main
+    from brain_tumor.serving.cli import main
 
     monkeypatch.chdir(tmp_path)
     try:

@@ -33,12 +33,12 @@ from conftest import (
 )
 from PIL import Image
 
-from brain_tumor.checkpoint import load_trained
-from brain_tumor.data import cached_array, code_fingerprint
-from brain_tumor.errors import PipelineError
-from brain_tumor.labels import require_both_classes
-from brain_tumor.models import ScratchCNN
-from brain_tumor.outputs import atomic_write, read_table, sweep_temporaries
+from brain_tumor.core.arrays import cached_array, code_fingerprint
+from brain_tumor.core.errors import PipelineError
+from brain_tumor.core.labels import require_both_classes
+from brain_tumor.core.outputs import atomic_write, read_table, sweep_temporaries
+from brain_tumor.training.checkpoint import load_trained
+from brain_tumor.training.models import ScratchCNN
 
 
 def patch_zip(archive: Path, flags: int | None = None, method: int | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Image decoding (brain_tumor/images.py): every mode and format to RGB uint8, each reject reason, the hashes."""
+"""Image decoding (brain_tumor/data/images.py): every mode and format to RGB uint8, each reject reason, the hashes."""
 
 from collections.abc import Iterator
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 from conftest import public_folder, python_as_nobody, save, scan, truncated_jpeg
 from PIL import Image
 
-from brain_tumor.images import RejectedFile, load_rgb, perceptual_hash, pixel_sha256, reject_blank
+from brain_tumor.data.images import RejectedFile, load_rgb, perceptual_hash, pixel_sha256, reject_blank
 
 MAX = 10**6
 
@@ -117,7 +117,7 @@ def test_a_file_we_may_not_read_is_unreadable_not_corrupt(public_tmp):
     """load_rgb itself, as user nobody (the predict CLI's path: test_faults.py)."""
     path = save(public_tmp / "scan.png", scan(1))
     path.chmod(0)
-    code = "import sys\nfrom brain_tumor.images import RejectedFile, load_rgb\ntry: load_rgb(sys.argv[1], 10**6)\n"
+    code = "import sys\nfrom brain_tumor.data.images import RejectedFile, load_rgb\ntry: load_rgb(sys.argv[1], 10**6)\n"
     code += "except RejectedFile as err: print(err.reason, err.detail)"
     result = python_as_nobody(["-c", code, str(path)], public_tmp)
     assert result.stdout.strip() == "unreadable Permission denied", result.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""Threshold files (brain_tumor/inference.py), read directly: every kind of file that cannot be trusted, once.
+"""Threshold files (brain_tumor/serving/inference.py), read directly: every kind of file that cannot be trusted, once.
 The paths that read them are tested once each: the predict CLI (test_faults.py), the export stage
 (test_contracts.py)."""
 
@@ -7,8 +7,8 @@ import json
 import pytest
 from conftest import SOURCE_SHA256, threshold_point
 
-from brain_tumor.errors import PipelineError
-from brain_tumor.inference import read_threshold
+from brain_tumor.core.errors import PipelineError
+from brain_tumor.serving.inference import read_threshold
 
 RERUN = "run `dvc repro evaluate`"
 

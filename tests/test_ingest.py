@@ -1,4 +1,4 @@
-"""Ingest (brain_tumor/ingest.py, sources.py), called directly: every layout with bad files mixed in and exact
+"""Ingest (brain_tumor/data/ingest.py, sources.py), called directly: every layout with bad files mixed in and exact
 accounting, label tables, archives, and the one-line errors for a source that cannot be used. (The stage
 script's own path: test_hardening.py and test_faults.py.)"""
 
@@ -13,9 +13,9 @@ import pytest
 from conftest import assert_accounted, class_folders, kaggle, png_bytes, save, scan, truncated_jpeg, zip_of
 from PIL import Image
 
-from brain_tumor import ingest, sources
-from brain_tumor.errors import PipelineError
-from brain_tumor.outputs import read_table
+from brain_tumor.core.errors import PipelineError
+from brain_tumor.core.outputs import read_table
+from brain_tumor.data import ingest, sources
 
 LABELS = {
     "no": "non_tumor",

@@ -4,9 +4,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from brain_tumor.data import batch_indices
-from brain_tumor.intensity import KINDS, apply_looks, curve, look_tables
-from brain_tumor.train import acquisition_weights, prefix_batches
+from brain_tumor.core.arrays import batch_indices
+from brain_tumor.training.batches import acquisition_weights
+from brain_tumor.training.intensity import KINDS, apply_looks, curve, look_tables
+from brain_tumor.training.prefix import prefix_batches
 
 
 def test_look_tables_are_seeded_per_row_and_keep_the_scan_as_look_zero():

@@ -4,8 +4,8 @@ import shutil
 import pytest
 import torch
 
-from brain_tumor.errors import PipelineError
-from brain_tumor.models import (
+from brain_tumor.core.errors import PipelineError
+from brain_tumor.training.models import (
     ScratchCNN,
     TransferNet,
     load_imagenet_backbone,

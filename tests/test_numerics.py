@@ -1,4 +1,4 @@
-"""Process settings the package applies on import (brain_tumor/numerics.py), seen from a new interpreter."""
+"""Process settings the package applies on import (brain_tumor/core/numerics.py), seen from a new interpreter."""
 
 import json
 import subprocess

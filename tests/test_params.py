@@ -6,8 +6,8 @@ import pytest
 import yaml
 from conftest import PROJECT, alias_bomb
 
-from brain_tumor.errors import PipelineError
-from brain_tumor.params import ParamsLoader, load_params, read_yaml, validate_params
+from brain_tumor.core.errors import PipelineError
+from brain_tumor.core.params import ParamsLoader, load_params, read_yaml, validate_params
 
 PARAMS = yaml.load((PROJECT / "params.yaml").read_text(), Loader=ParamsLoader)
 
@@ -187,7 +187,7 @@ def test_the_typed_params_carry_every_key_and_the_schema_defaults():
     a key left out gets the schema's default (the one place defaults live)."""
     import dataclasses
 
-    from brain_tumor.params import Params, typed
+    from brain_tumor.core.params import Params, typed
 
     params = typed(PARAMS)
     assert isinstance(params, Params)

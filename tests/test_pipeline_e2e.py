@@ -17,7 +17,7 @@ import yaml
 from conftest import PROJECT, STAGE_NAMES, copy_of, executed_stages, sh, venv_env
 from PIL import Image
 
-from brain_tumor.params import read_yaml
+from brain_tumor.core.params import read_yaml
 
 pytestmark = pytest.mark.e2e
 MODELS = ("scratch", "transfer")
@@ -152,13 +152,13 @@ def test_each_seed_reruns_only_its_stage_and_a_training_seed_keeps_the_split(bas
 
 def test_edits_rerun_only_the_stages_that_run_the_edited_code(baseline_repo, tmp_path):
     repo = copy_of(baseline_repo, tmp_path / "repo")
-    console = repo / "brain_tumor" / "console.py"
+    console = repo / "brain_tumor" / "core" / "console.py"
     console.write_text(console.read_text().replace("Progress bars", "Progress bars (restyled)", 1))
     assert changed_stages(repo) == set()  # output-neutral: no stage depends on it
-    report = repo / "brain_tumor" / "data_report.py"
+    report = repo / "brain_tumor" / "data" / "report.py"
     report.write_text(report.read_text() + "\n# reworded\n")
     assert executed_stages(sh(["dvc", "repro"], repo).stdout) == {"split"}  # same training data: nothing else
-    explain = repo / "brain_tumor" / "explain.py"
+    explain = repo / "brain_tumor" / "evaluation" / "explain.py"
     explain.write_text(explain.read_text() + "\n# reworded\n")
     assert executed_stages(sh(["dvc", "repro"], repo).stdout) == {"evaluate"}
 
@@ -190,7 +190,7 @@ def test_queued_sweep_finishes_runs_its_own_code_and_prints_a_narrow_table(basel
     repo = copy_of(baseline_repo, tmp_path / "repo")
     points = ["7", "8"]
     sh(["python", "scripts/sweep.py", "--queue-only", "-S", f"evaluate.seed={','.join(points)}"], repo)
-    code = repo / "brain_tumor" / "evaluate.py"
+    code = repo / "brain_tumor" / "evaluation" / "evaluate.py"
     original = md5(code)
     code.write_text(code.read_text() + '\nprint("EDITED WORKSPACE CODE")\n')
     result = sh(["env", "COLUMNS=160", "python", "scripts/sweep.py", "--run-queued", "-S", "evaluate.seed"], repo)
@@ -205,7 +205,9 @@ def test_queued_sweep_finishes_runs_its_own_code_and_prints_a_narrow_table(basel
     runs = [rev for row in table for e in row.get("experiments") or [] for rev in e["revs"]]
     assert len(runs) == 2
     for run in runs:
-        assert run["data"]["deps"]["brain_tumor/evaluate.py"]["hash"] == original  # the code its lock records ran
+        assert (
+            run["data"]["deps"]["brain_tumor/evaluation/evaluate.py"]["hash"] == original
+        )  # the code its lock records ran
     logs = sh(["dvc", "queue", "logs", runs[0]["name"]], repo, check=False)
     assert "EDITED WORKSPACE CODE" not in logs.stdout + logs.stderr
 

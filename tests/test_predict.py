@@ -13,13 +13,13 @@ import pytest
 from conftest import TRANSFER_THRESHOLD, save, scan, truncated_jpeg
 from PIL import Image
 
-from brain_tumor import explain
-from brain_tumor.cli import main
-from brain_tumor.data import load_split
-from brain_tumor.evaluate import p_tumor, predict_logits
-from brain_tumor.inference import model_input
-from brain_tumor.outputs import file_sha256
-from brain_tumor.predict import COLUMNS, load_model
+from brain_tumor.core.arrays import load_split
+from brain_tumor.core.outputs import file_sha256
+from brain_tumor.evaluation import explain
+from brain_tumor.evaluation.evaluate import p_tumor, predict_logits
+from brain_tumor.serving.cli import main
+from brain_tumor.serving.inference import model_input
+from brain_tumor.serving.predict import COLUMNS, load_model
 
 pytestmark = pytest.mark.slow  # trains tiny models (about 20 s, conftest's `tiny`); `make test-fast` skips it
 
@@ -173,7 +173,7 @@ def test_grad_cam_of_a_flip_averaging_model_explains_the_scan_as_it_is():
     model without tta gives), and leave the model's tta setting as it was."""
     import torch
 
-    from brain_tumor.models import ScratchCNN
+    from brain_tumor.training.models import ScratchCNN
 
     torch.manual_seed(0)
     model = ScratchCNN(32)

@@ -11,10 +11,10 @@ import pytest
 from conftest import make_tiny_params
 from PIL import Image, ImageFilter, ImageOps
 
-from brain_tumor import similarity as sim
-from brain_tumor.ingest import ingest_folder
-from brain_tumor.split import split_dataset
-from brain_tumor.synthetic import brain_slice
+from brain_tumor.data import similarity as sim
+from brain_tumor.data.ingest import ingest_folder
+from brain_tumor.data.split import split_dataset
+from brain_tumor.data.synthetic import brain_slice
 
 SIZE = 192
 DEFAULTS = {"threshold": 0.95, "neighbour_threshold": 0.85, "mutual": 2, "max_size": 100}

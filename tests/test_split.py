@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 from conftest import make_tiny_params, save, scan
 
-from brain_tumor.errors import PipelineError
-from brain_tumor.params import typed
-from brain_tumor.shortcuts import STATISTICS, shortcut_check, warning_line
-from brain_tumor.split import SPLITS, GroupingSettings, assign_splits
+from brain_tumor.core.errors import PipelineError
+from brain_tumor.core.params import typed
+from brain_tumor.data.shortcuts import STATISTICS, shortcut_check, warning_line
+from brain_tumor.data.split import SPLITS, GroupingSettings, assign_splits
 
 
 def test_grouped_split_never_divides_a_group_and_meets_fractions():

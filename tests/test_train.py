@@ -12,10 +12,11 @@ import yaml
 from conftest import PROJECT, venv_env
 from torch import nn
 
-from brain_tumor import ingest, split, train
-from brain_tumor.data import load_split
-from brain_tumor.intensity import look_tables
-from brain_tumor.models import GlobalDropout, seed_dropout, sync_batchnorm
+from brain_tumor.core.arrays import load_split
+from brain_tumor.data import ingest, split
+from brain_tumor.training import prefix, resume, train
+from brain_tumor.training.intensity import look_tables
+from brain_tumor.training.models import GlobalDropout, seed_dropout, sync_batchnorm
 
 
 @pytest.fixture
@@ -66,7 +67,7 @@ def test_a_cache_entry_replaced_with_its_checksum_is_caught_by_recomputed_rows(
         load = lambda: load_split(split_dir, "train", cfg["image_size"]).images  # noqa: E731
     else:
         model = train.build_model("transfer", cfg)
-        load = lambda: train.prefix_views(model, images, 1, train.PREFIX_BATCH, torch.device("cpu"), None)  # noqa: E731
+        load = lambda: prefix.prefix_views(model, images, 1, prefix.PREFIX_BATCH, torch.device("cpu"), None)  # noqa: E731
     truth = np.array(load())
     entry = next((tmp_path / "cache").glob("train-*" if kind == "decoded" else "prefix-*"))
     capsys.readouterr()
@@ -84,8 +85,8 @@ def test_the_prefix_cache_is_keyed_by_batch_size(split_dir, tiny_params, tmp_pat
     cfg = tiny_params["train_transfer"] | {"unfreeze_last": 2}
     model = train.build_model("transfer", cfg)
     images = load_split(split_dir, "train", cfg["image_size"])
-    for batch in (train.PREFIX_BATCH, 3, train.PREFIX_BATCH):
-        train.prefix_views(model, images, 1, batch, torch.device("cpu"), None)
+    for batch in (prefix.PREFIX_BATCH, 3, prefix.PREFIX_BATCH):
+        prefix.prefix_views(model, images, 1, batch, torch.device("cpu"), None)
     assert len(list((tmp_path / "cache").glob("prefix-*"))) == 2
 
 
@@ -136,10 +137,10 @@ def test_intensity_looks_change_what_training_sees(split_dir, tiny_params, tmp_p
     model = train.build_model("transfer", looks)
     images = load_split(split_dir, "train", cfg["image_size"])
     tables = look_tables(looks["seed"] + 3, len(images.labels), 2)
-    views = train.prefix_views(model, images, 2, train.PREFIX_BATCH, torch.device("cpu"), None, tables=tables)
+    views = prefix.prefix_views(model, images, 2, prefix.PREFIX_BATCH, torch.device("cpu"), None, tables=tables)
     assert views.shape[1] == 6
     np.testing.assert_array_equal(
-        views[:, :2], train.prefix_views(model, images, 2, train.PREFIX_BATCH, torch.device("cpu"), None)
+        views[:, :2], prefix.prefix_views(model, images, 2, prefix.PREFIX_BATCH, torch.device("cpu"), None)
     )
     assert not np.allclose(views[:, 0], views[:, 2]) and not np.allclose(views[:, 2], views[:, 4])
 
@@ -306,12 +307,12 @@ def test_resume_state_of_other_params_is_not_used(split_dir, tiny_params, tmp_pa
 def test_resume_state_is_written_after_epoch_one_then_when_training_outweighs_writing_tenfold(tmp_path):
     """The write policy on a clock of the test's own: no dependence on how fast this machine is."""
     readings = iter([0.0, 5.0, 5.0, 7.0, 12.0, 27.0])  # start; epoch 1 ends; a 2 s write; epochs 2 and 3 end
-    resume = train.ResumeFile(tmp_path / "model.resume.pt", "fingerprint", clock=lambda: next(readings))
-    assert resume.due(1)  # always after the first epoch
-    resume.save({"epoch": 1})
-    assert resume.last_write_s == 2.0 and resume.load() == {"epoch": 1, "fingerprint": "fingerprint"}
-    assert not resume.due(2)  # 5 s of training since a 2 s write: not yet
-    assert resume.due(3)  # 20 s = SPEND x 2 s
+    resume_file = resume.ResumeFile(tmp_path / "model.resume.pt", "fingerprint", clock=lambda: next(readings))
+    assert resume_file.due(1)  # always after the first epoch
+    resume_file.save({"epoch": 1})
+    assert resume_file.last_write_s == 2.0 and resume_file.load() == {"epoch": 1, "fingerprint": "fingerprint"}
+    assert not resume_file.due(2)  # 5 s of training since a 2 s write: not yet
+    assert resume_file.due(3)  # 20 s = SPEND x 2 s
 
 
 @pytest.mark.slow
@@ -323,7 +324,7 @@ def test_a_stop_signal_while_outputs_are_put_in_place_ends_as_a_success_and_one_
     that moment, ends the run with 143 and no output at all."""
     import json
 
-    from brain_tumor.checkpoint import load_trained
+    from brain_tumor.training.checkpoint import load_trained
 
     work = workspace(tmp_path / "late", split_dir, tiny_params)
     late = run_stage_script(work, "train_scratch", BRAIN_TUMOR_SIGTERM_AT="publishing")
