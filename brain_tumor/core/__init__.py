@@ -1,0 +1,1 @@
+"""What every stage shares: params schema, reproducible numerics, errors, atomic outputs, caches."""

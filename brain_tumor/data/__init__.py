@@ -1,0 +1,1 @@
+"""Ingest and split: from raw files to the leak-free split, the shortcut check and the data report."""
