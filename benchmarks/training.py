@@ -34,10 +34,11 @@ import torch
 from brain_tumor.core.arrays import batch_indices, load_split
 from brain_tumor.core.outputs import read_table, write_table
 from brain_tumor.core.params import Params, load_params
-from brain_tumor.evaluation.evaluate import predict
+from brain_tumor.evaluation.evaluate import p_tumor, predict_logits
 from brain_tumor.training import prefix, train
 from brain_tumor.training.checkpoint import load_trained
 from brain_tumor.training.device import seed_everything
+from brain_tumor.training.models import architecture, build_network
 
 SEED_RECIPE = {
     "image_size": 224, "batch_size": 16, "epochs": 20, "lr": 1e-4, "lr_schedule": "constant",
@@ -126,7 +127,7 @@ def ours(kind: str, params: Params, split_dir: Path, work: Path) -> tuple[float,
     seconds = time.perf_counter() - started
     model, meta = load_trained(work / f"{kind}.pt")
     test = load_split(split_dir, "test", meta["image_size"])
-    return float(((predict(model, test.images, 64) >= 0.5) == test.labels).mean()), seconds
+    return float(((p_tumor(predict_logits(model, test.images, 64)) >= 0.5) == test.labels).mean()), seconds
 
 
 def best_time(fn, repeats: int) -> float:
@@ -144,7 +145,7 @@ def adam_step_bound(image_size: int, repeats: int = 10) -> dict:
     step: Adam reads parameters, gradients and both moments and writes parameters and moments, 7 x 4 bytes
     per parameter, at the machine's streaming bandwidth for that access pattern (in place `a += b` over
     1 GiB tensors: 3 x 4 bytes per element, with no write-allocate reads since `a` is read anyway)."""
-    model = train.build_model("scratch", {"image_size": image_size, "tta_flip": False})
+    model = build_network(architecture("scratch", replace(load_params().train_scratch, image_size=image_size)))
     parameters = list(model.parameters())
     count = sum(p.numel() for p in parameters)
     for p in parameters:

@@ -13,6 +13,7 @@ from conftest import PROJECT, venv_env
 from torch import nn
 
 from brain_tumor.core.arrays import load_split
+from brain_tumor.core.params import typed
 from brain_tumor.data import ingest, split
 from brain_tumor.training import prefix, resume, train
 from brain_tumor.training.intensity import look_tables
@@ -66,7 +67,7 @@ def test_a_cache_entry_replaced_with_its_checksum_is_caught_by_recomputed_rows(
     if kind == "decoded":
         load = lambda: load_split(split_dir, "train", cfg["image_size"]).images  # noqa: E731
     else:
-        model = train.build_model("transfer", cfg)
+        model = train.build_model("transfer", typed(tiny_params | {"train_transfer": cfg}).train_transfer)
         load = lambda: prefix.prefix_views(model, images, 1, prefix.PREFIX_BATCH, torch.device("cpu"), None)  # noqa: E731
     truth = np.array(load())
     entry = next((tmp_path / "cache").glob("train-*" if kind == "decoded" else "prefix-*"))
@@ -83,7 +84,7 @@ def test_the_prefix_cache_is_keyed_by_batch_size(split_dir, tiny_params, tmp_pat
     """Kernels may round differently for another batch size, so another size is another entry, never a
     stale one from the old size."""
     cfg = tiny_params["train_transfer"] | {"unfreeze_last": 2}
-    model = train.build_model("transfer", cfg)
+    model = train.build_model("transfer", typed(tiny_params | {"train_transfer": cfg}).train_transfer)
     images = load_split(split_dir, "train", cfg["image_size"])
     for batch in (prefix.PREFIX_BATCH, 3, prefix.PREFIX_BATCH):
         prefix.prefix_views(model, images, 1, batch, torch.device("cpu"), None)
@@ -134,7 +135,7 @@ def test_intensity_looks_change_what_training_sees(split_dir, tiny_params, tmp_p
     looks = cfg | {"intensity_looks": 2}
     remapped = trained_state("transfer", tiny_params | {"train_transfer": looks}, split_dir, tmp_path / "looks")
     assert not torch.equal(plain["state_dict"]["head.1.weight"], remapped["state_dict"]["head.1.weight"])
-    model = train.build_model("transfer", looks)
+    model = train.build_model("transfer", typed(tiny_params | {"train_transfer": looks}).train_transfer)
     images = load_split(split_dir, "train", cfg["image_size"])
     tables = look_tables(looks["seed"] + 3, len(images.labels), 2)
     views = prefix.prefix_views(model, images, 2, prefix.PREFIX_BATCH, torch.device("cpu"), None, tables=tables)
