@@ -173,7 +173,8 @@ def test_subgroups_match_hand_counts():
     p = np.array([0.9, 0.4, 0.2, 0.6, 0.45, 0.1, 0.35, 0.7])
     outcome = ev.TestPredictions(labels, p, 0.3, np.zeros((8, 1, 1, 3), np.uint8))
     table = ev.subgroup_rows("m", rows, outcome).set_index(["grouping", "threshold_name", "group"])
-    assert set(table.index.get_level_values("grouping")) == {"subtype", "source_folder", "acquisition"}
+    groupings = {"subtype", "source_folder", "acquisition", "acquisition_class"}
+    assert set(table.index.get_level_values("grouping")) == groupings
     # at 0.5: glioma 1 of 3 right (sensitivity), meningioma 1 of 2, notumor 2 of 3 (specificity)
     # at 0.3: glioma 2 of 3, meningioma 2 of 2, notumor 1 of 3 (0.35 and 0.7 are false alarms)
     expected = {
@@ -187,6 +188,9 @@ def test_subgroups_match_hand_counts():
         ("source_folder", "0.5", "Testing"): (4, 2),  # rows 1 3 5 7: wrong at 1 (0.4) and 7 (0.7)
         ("acquisition", "0.5", "T1-like"): (5, 3),  # the tumours: sensitivity 2 of 5
         ("acquisition", "0.5", "T2-like"): (3, 1),
+        ("acquisition_class", "0.5", "T1-like tumor"): (5, 3),  # the kind's sensitivity
+        ("acquisition_class", "0.5", "T2-like non_tumor"): (3, 1),  # the kind's specificity
+        ("acquisition_class", "operating_point", "T1-like tumor"): (5, 1),
     }
     for key, (n, errors) in expected.items():
         row = table.loc[key]

@@ -119,7 +119,9 @@ def test_card_subgroups_and_calibration_equal_their_files(written):
     text, metrics_dir, _, _ = written
     _, *rows = table_after(text, "## Subgroups")
     csv = pd.read_csv(metrics_dir / "evaluate" / "subgroups.csv", keep_default_na=False)
-    assert len(rows) == len(csv) == 2 * 2 * (3 + 2 + 2)  # models x thresholds x (subtypes, folders, kinds)
+    assert (
+        len(rows) == len(csv) == 2 * 2 * (3 + 2 + 2 + 4)
+    )  # models x thresholds x (subtypes, folders, kinds, kinds x classes)
     for row, expected in zip(rows, csv.itertuples()):
         assert row[:4] == [expected.model, expected.grouping, expected.group, expected.threshold_name]
         assert [int(row[4]), int(row[5]), value(row[6])] == [expected.n, expected.errors, expected.accuracy]

@@ -29,6 +29,8 @@ from brain_tumor.training.checkpoint import load_trained
 
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
 SUBGROUPS = ("subtype", "source_folder", "acquisition")  # manifest columns: class folder, first folder, kind
+# each estimated acquisition kind within each class: within "T2-like tumor" accuracy is the kind's sensitivity
+BY_KIND_AND_CLASS = "acquisition_class"
 SUBGROUP_COLUMNS = ["model", "grouping", "group", "threshold_name", "n", "errors", "accuracy", "ci_lower", "ci_upper"]
 REPORT_COLUMNS = (*SUBGROUPS, "source", "train_similarity", "group")
 
@@ -230,9 +232,12 @@ def summary_rows(per_model: dict[str, dict[str, float]], intervals: dict[str, di
 def subgroup_rows(model: str, rows: pd.DataFrame, outcome: TestPredictions) -> pd.DataFrame:
     """Per subtype and per source folder (where the test split holds several): n, errors, accuracy, its 95%
     Wilson interval, at each threshold. Within a tumour subtype accuracy is its sensitivity, within the
-    no-tumour subtype its specificity. `rows`: the test split's manifest rows, in the order of `outcome`."""
+    no-tumour subtype its specificity; the same holds per acquisition kind within each class (BY_KIND_AND_CLASS).
+    `rows`: the test split's manifest rows, in the order of `outcome`."""
+    classes = np.array(CLASSES)[outcome.labels]
+    rows = rows.assign(**{BY_KIND_AND_CLASS: rows["acquisition"].to_numpy() + " " + classes})
     tables = []
-    for grouping in SUBGROUPS:
+    for grouping in (*SUBGROUPS, BY_KIND_AND_CLASS):
         if rows[grouping].nunique() < 2:
             continue
         for threshold_name, predicted in outcome.by_threshold().items():

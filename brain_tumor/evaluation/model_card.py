@@ -186,9 +186,11 @@ def metrics_section(card: CardInputs) -> str:
 def subgroup_section(subgroups: pd.DataFrame) -> str:
     intro = """## Subgroups (`metrics/evaluate/subgroups.csv`)
 
-Test accuracy per subtype (class folder) and per source folder, where the test split holds several, with 95%
-Wilson intervals. Within a tumour subtype accuracy is its sensitivity, within the no-tumour subtype its
-specificity. Small groups have wide intervals: read the interval, not the point."""
+Test accuracy per subtype (class folder), per source folder and per estimated acquisition kind (T1-like,
+T2-like), where the test split holds several, with 95% Wilson intervals. Within a tumour subtype accuracy is
+its sensitivity, within the no-tumour subtype its specificity; grouping `acquisition_class` gives each kind's
+sensitivity (`T2-like tumor`) and specificity (`T2-like non_tumor`). Small groups have wide intervals: read
+the interval, not the point."""
     if subgroups.empty:
         return intro + "\n\nThe test split holds one subtype and one source folder: no subgroups to report."
     rows = (
