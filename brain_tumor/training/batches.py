@@ -30,7 +30,9 @@ class Batches:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def get(self, idx: np.ndarray, device: torch.device, flips: torch.Tensor | None = None, looks=None):
+    def get(
+        self, idx: np.ndarray, device: torch.device, flips: torch.Tensor | None = None, looks: np.ndarray | None = None
+    ):
         return self.prepare(idx, flips, looks), torch.from_numpy(self.labels[idx]).to(device)
 
 

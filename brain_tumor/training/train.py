@@ -125,7 +125,7 @@ def train_model(
     model = build_model(kind, cfg).to(device, memory_format=torch.channels_last)  # faster convolutions (oneDNN, cuDNN)
     train_split = load_split(split_dir, "train", cfg.image_size)
     val_split = load_split(split_dir, "val", cfg.image_size)
-    manifest_sha256 = file_sha256(split_dir / "split_manifest.csv")
+    manifest, manifest_sha256 = read_split_manifest(split_dir), file_sha256(split_dir / "split_manifest.csv")
     if not len(train_split.labels) or not len(val_split.labels):
         raise PipelineError(f"{split_dir}: the train and val splits must both hold images")
     for which, part in (("train", train_split), ("val", val_split)):
@@ -146,8 +146,7 @@ def train_model(
         train = image_batches(train_split, device, cfg.augment, tables)
         val = image_batches(val_split, device, False)
     if cfg.balance_acquisition:
-        rows = read_split_manifest(split_dir).query("split == 'train'")
-        train.weights = acquisition_weights(train_split.labels, rows)
+        train.weights = acquisition_weights(train_split.labels, manifest.query("split == 'train'"))
 
     meta = architecture(kind, cfg) | {
         "classes": list(CLASSES),
@@ -176,8 +175,7 @@ def train_model(
                 trainable, train, val, cfg, device=device, amp=amp, on_epoch=log_epoch, resume=resume, network=model
             )
             if rank == 0:
-                manifest, threshold = read_split_manifest(split_dir), params.split.similarity_threshold
-                index = build_index(split_dir, manifest, manifest_sha256, threshold)
+                index = build_index(split_dir, manifest, manifest_sha256, params.split.similarity_threshold)
                 saved = {"state_dict": state.best_state, "meta": meta | state.best}
                 live.summary["best"] = state.best
                 live.end()  # into the scratch folder
