@@ -170,9 +170,10 @@ def test_repro_killed_during_training_resumes_to_the_committed_lock(baseline_rep
     rerun = ["dvc", "repro", "--force", "--single-item", "train-transfer"]
     killed = sh(["env", "BRAIN_TUMOR_KILL_AFTER_EPOCH=1", *rerun], repo, check=False)
     assert killed.returncode == 255 and "transfer epoch  1/2" in killed.stdout
-    assert killed.stderr.strip().splitlines()[-1] == (  # -9: the stage died of SIGKILL, it did not fail
-        "ERROR: failed to reproduce 'train-transfer': failed to run: python -m stages.train_transfer, exited with -9"
-    )
+    # The stage died of SIGKILL, it did not fail: DVC runs the command through $SHELL, and bash execs it (DVC sees
+    # -9) while dash reports it as 128 + 9 (a CI runner with SHELL unset or /bin/sh).
+    stage_failed = "ERROR: failed to reproduce 'train-transfer': failed to run: python -m stages.train_transfer"
+    assert killed.stderr.strip().splitlines()[-1] in {f"{stage_failed}, exited with {code}" for code in ("-9", "137")}
     assert not (repo / "models" / "transfer.pt").exists()
     assert (repo / "models" / "transfer.resume.pt").is_file()
     again = sh(rerun, repo)
