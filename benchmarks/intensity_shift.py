@@ -13,7 +13,11 @@ The decoded images are remapped in uint8, then resized and normalised exactly as
 are fixed members of the families `intensity_looks` trains with: a model trained with looks has seen their
 kind (not these scans), so the figures say how much the augmentation buys, not how another scanner will do.
 
-Usage: python benchmarks/intensity_shift.py [--split data/split] [--dataset data/dataset] MODEL.pt [MODEL.pt ...]
+`--subset val` gives the same figures on the validation split: compare configurations there, and read the test
+split once for the one you chose.
+
+Usage: python benchmarks/intensity_shift.py [--subset test|val] [--split data/split] [--dataset data/dataset]
+       MODEL.pt [MODEL.pt ...]
 """
 
 import argparse
@@ -58,8 +62,9 @@ def fraction(k: int, n: int) -> str:
 
 
 def shortcut_predictions(split: Path, dataset: Path, rows: pd.DataFrame, seed: int) -> np.ndarray:
-    """The shortcut model's test predictions: fitted on the train split's statistics, as the split stage does."""
-    both = read_split_manifest(split).query("split in ('train', 'test')")
+    """The shortcut model's predictions for `rows`: fitted on the train split's statistics, as the split stage
+    does."""
+    both = read_split_manifest(split).query("split == 'train' or id in @rows.id")
     sizes = pd.read_csv(dataset / "manifest.csv", dtype=str).set_index("id").loc[both["id"]]
     stats = statistics_table([split / f for f in both["file"]], sizes["width"], sizes["height"], both["source"])
     train = (both["split"] == "train").to_numpy()
@@ -72,18 +77,19 @@ def shortcut_predictions(split: Path, dataset: Path, rows: pd.DataFrame, seed: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", type=Path, nargs="*", default=[Path("models/transfer.pt")])
+    parser.add_argument("--subset", choices=["test", "val"], default="test", help="the split's part to score")
     parser.add_argument("--split", type=Path, default=Path("data/split"))
     parser.add_argument("--dataset", type=Path, default=Path("data/dataset"))
     parser.add_argument("--seed", type=int, default=42, help="the shortcut model's seed (params: split.seed)")
     args = parser.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f}")
-    rows = read_split_manifest(args.split).query("split == 'test'")
+    rows = read_split_manifest(args.split).query("split == @args.subset")
     from PIL import Image
 
     decoded = [np.asarray(Image.open(args.split / f).convert("RGB")) for f in rows["file"]]
     labels = rows["label"].astype(int).to_numpy()
     shortcut = shortcut_predictions(args.split, args.dataset, rows, args.seed)
-    print(f"{len(labels)} test scans; the shortcut model alone gets {(shortcut == labels).mean():.4f} right")
+    print(f"{len(labels)} {args.subset} scans; the shortcut model alone gets {(shortcut == labels).mean():.4f} right")
     baseline: dict[str, np.ndarray] = {}
     for model_path in args.models:
         model, meta = load_trained(model_path)
