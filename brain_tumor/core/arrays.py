@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from brain_tumor.core.errors import one_line, warn
 from brain_tumor.core.outputs import cache_dir, file_sha256, temporary_dir, write_json
 from brain_tumor.core.resize import resize_rgb
 from brain_tumor.core.stage import worker_pool
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MEAN = STD = (0.5, 0.5, 0.5)  # the seed's Normalize((0.5,)*3, (0.5,)*3)
 CACHE_FORMAT = "v4"  # a folder per entry: array.npy + meta.json (with the entry's key)
@@ -143,8 +147,11 @@ def _decode_resized(args: tuple[Path, int]) -> np.ndarray:
         return resize_rgb(np.asarray(img.convert("RGB")), size)
 
 
-def load_split(split_dir: Path, split: str, image_size: int) -> SplitImages:
-    rows = read_split_manifest(split_dir).query("split == @split")
+def load_split(split_dir: Path, split: str, image_size: int, manifest: pd.DataFrame | None = None) -> SplitImages:
+    """One split's images, decoded once into the cache, in the manifest's row order. `manifest`: the split
+    manifest the caller already read (read here when None), so that its rows and the images are one reading."""
+    manifest = read_split_manifest(split_dir) if manifest is None else manifest
+    rows = manifest.query("split == @split")
     digest = hashlib.sha256(f"{split} {image_size} {code_fingerprint(_decode_resized, resize_rgb)}".encode())
     for sha in rows["sha256"]:
         digest.update(sha.encode())

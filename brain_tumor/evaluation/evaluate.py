@@ -271,7 +271,7 @@ def confident_mistakes(outcome: TestPredictions, rows: pd.DataFrame, count: int 
 
 
 def read_report_manifest(split_dir: Path) -> pd.DataFrame:
-    """The split manifest, checked for the columns the reports need (load_split reads the same rows)."""
+    """The split manifest, checked for the columns the reports need (load_split takes its rows from it)."""
     manifest = read_split_manifest(split_dir)
     if missing := [c for c in REPORT_COLUMNS if c not in manifest.columns]:
         raise PipelineError(
@@ -311,8 +311,8 @@ def evaluate_models(
     validated = {}  # every model checked against its validation record before anything is written
     for name, path in model_paths.items():
         model, meta = trained[name]
-        val = load_split(split_dir, "val", meta["image_size"])
-        test = load_split(split_dir, "test", meta["image_size"])
+        val = load_split(split_dir, "val", meta["image_size"], manifest)
+        test = load_split(split_dir, "test", meta["image_size"], manifest)
         if not len(test.labels) or not len(val.labels):
             raise PipelineError(f"{split_dir}: the val and test splits must both hold images")
         val_logits = predict_logits(model, val.images, cfg.batch_size)

@@ -123,9 +123,9 @@ def train_model(
     amp = autocast_dtype(cfg.precision, device)
     seed_everything(cfg.seed)
     model = build_model(kind, cfg).to(device, memory_format=torch.channels_last)  # faster convolutions (oneDNN, cuDNN)
-    train_split = load_split(split_dir, "train", cfg.image_size)
-    val_split = load_split(split_dir, "val", cfg.image_size)
     manifest, manifest_sha256 = read_split_manifest(split_dir), file_sha256(split_dir / "split_manifest.csv")
+    train_split = load_split(split_dir, "train", cfg.image_size, manifest)
+    val_split = load_split(split_dir, "val", cfg.image_size, manifest)
     if not len(train_split.labels) or not len(val_split.labels):
         raise PipelineError(f"{split_dir}: the train and val splits must both hold images")
     for which, part in (("train", train_split), ("val", val_split)):
