@@ -59,11 +59,14 @@ sweep: setup
 release: setup
 	scripts/release.sh $(VERSION)
 
-# the training benchmark on a split of your data: make bench BENCH_SPLIT=<a reproduced data/split> BENCH_IMAGES=1000
+# the benchmarks; on the default (synthetic) data unless told: make bench BENCH_DATA=data/raw/brain-tumor-mri
+# BENCH_SPLIT=<a reproduced data/split> BENCH_IMAGES=1000 (data/split is reproduced first when it is missing)
+BENCH_DATA ?=
 BENCH_SPLIT ?= data/split
 BENCH_IMAGES ?= 1000
 bench: setup
-	python benchmarks/ingest_split.py
+	python benchmarks/ingest_split.py $(BENCH_DATA)
+	test -d $(BENCH_SPLIT) || dvc repro split
 	python benchmarks/training.py --split $(BENCH_SPLIT) --images $(BENCH_IMAGES)
 	python benchmarks/latency.py
 	python benchmarks/numerics.py

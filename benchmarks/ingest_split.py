@@ -1,7 +1,8 @@
-"""Benchmark: ingest + split of a real collection (default: ../shared/data/brain-tumor-mri, 7019 files).
+"""Benchmark: ingest + split of a collection (a folder of class folders or the Kaggle layout; default: the
+built-in synthetic set, generated from params.yaml's data.synthetic into a scratch folder).
 
 Prints wall time, files/s, peak RSS of the main process and of the largest worker, and the data report.
-Usage: python benchmarks/ingest_split.py [DATASET_DIR]
+Usage: python benchmarks/ingest_split.py [DATASET_DIR]   (the real set: data/raw/brain-tumor-mri)
 """
 
 import resource
@@ -12,16 +13,18 @@ from pathlib import Path
 
 from brain_tumor.core.params import load_params
 from brain_tumor.data import ingest, split
-
-DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-tumor-mri"
+from brain_tumor.data.synthetic import write_kaggle_layout
 
 
 def main() -> None:
-    source = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     data = params.data
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        source = Path(sys.argv[1]) if len(sys.argv) > 1 else tmp / "synthetic"
+        if len(sys.argv) == 1:
+            syn = data.synthetic
+            write_kaggle_layout(source, syn.n_images, syn.image_size, syn.tumor_fraction, syn.seed)
         start = time.perf_counter()
         report = ingest.ingest_folder(
             source,

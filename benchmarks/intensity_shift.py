@@ -33,7 +33,8 @@ from brain_tumor.core.contracts import read_split_manifest
 from brain_tumor.core.intervals import wilson_interval
 from brain_tumor.core.resize import resize_rgb
 from brain_tumor.data.shortcuts import STATISTICS, fit_shortcut_models, statistics_table
-from brain_tumor.evaluation.evaluate import p_tumor, predict_logits
+from brain_tumor.evaluation.metrics import p_tumor
+from brain_tumor.evaluation.predictions import predict_logits
 from brain_tumor.serving.inference import threshold_file
 from brain_tumor.training.checkpoint import load_trained
 from brain_tumor.training.intensity import LEVELS

@@ -34,7 +34,8 @@ import torch
 from brain_tumor.core.arrays import batch_indices, load_split
 from brain_tumor.core.outputs import read_table, write_table
 from brain_tumor.core.params import Params, load_params
-from brain_tumor.evaluation.evaluate import p_tumor, predict_logits
+from brain_tumor.evaluation.metrics import p_tumor
+from brain_tumor.evaluation.predictions import predict_logits
 from brain_tumor.training import prefix, train
 from brain_tumor.training.checkpoint import load_trained
 from brain_tumor.training.device import seed_everything

@@ -75,11 +75,17 @@ def summary_line(found: dict[str, list[str]]) -> str | None:
     if not found:
         return None
     outs = [out for outs in found.values() for out in outs]
+    data_stages = [name for name in ("ingest", "split") if name in found]
+    cause = (
+        f"{', '.join(data_stages)} should repeat on any CPU: report it"
+        if data_stages
+        else "ingest and split repeated the lock"
+    )
     return (
         f"warning: dvc.lock not reproduced byte for byte: with the same code, params and data, "
         f"{len(outs)} outputs of {', '.join(found)} hash differently ({', '.join(outs)}): {cpu_name()} sums "
-        "training's floats in another order than the CPU that wrote the lock (ingest and split are "
-        "unaffected; see docs/reproducibility.md)"
+        f"training's floats in another order than the CPU that wrote the lock ({cause}; see "
+        "docs/reproducibility.md)"
     )
 
 

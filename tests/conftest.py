@@ -378,16 +378,20 @@ TRANSFER_THRESHOLD = THRESHOLDS["transfer"]
 
 
 def build_tiny_models(base: Path, params: dict) -> None:
-    """A tiny synthetic split in `base`, both models trained on it, their threshold files (as the evaluate
-    stage writes them) and their ONNX exports.
+    """A tiny synthetic split in `base`, both models trained on it, their threshold and novelty files (as the
+    evaluate stage writes them) and their ONNX exports.
 
     The transfer model sees 64 px (MobileNetV2's last block is then 2x2, so Grad-CAM has a map to show).
     """
+    from brain_tumor.core.arrays import load_split
     from brain_tumor.core.outputs import file_sha256
+    from brain_tumor.core.params import typed
     from brain_tumor.data import ingest, split
+    from brain_tumor.evaluation.evaluate import fit_novelty
     from brain_tumor.serving.export import export_models
     from brain_tumor.serving.inference import write_threshold
     from brain_tumor.training import train
+    from brain_tumor.training.checkpoint import load_trained
 
     params = params | {"train_transfer": params["train_transfer"] | {"image_size": 64}}
     ingest.build_dataset(params, base / "raw", base / "dataset", base / "ingest.json")
@@ -397,6 +401,9 @@ def build_tiny_models(base: Path, params: dict) -> None:
         train.train_model(kind, params, base / "split", model, base / "live" / kind)
         point = threshold_point(threshold=threshold, model_sha256=None)
         write_threshold(model, point, file_sha256(model))
+        network, meta = load_trained(model, expect_kind=kind)
+        val = load_split(base / "split", "val", meta["image_size"])
+        fit_novelty(network, model, base / "split", None, val.images, typed(params).evaluate)
     export_models({kind: base / "models" / f"{kind}.pt" for kind in THRESHOLDS})
 
 

@@ -103,3 +103,28 @@ def test_output_neutral_modules_cannot_change_outputs(module):
     assert not any(i.startswith(PACKAGE) or i in ("", "random", "numpy", "torch") for i in imports), imports
     calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     assert "open" not in calls
+
+
+def test_no_module_of_the_package_imports_one_that_imports_it_back():
+    """No import circle, directly or through others, function-level imports included: each module can be read
+    (and tested) after the ones it uses."""
+    modules = {f: imported_modules(f) for f in (PROJECT / PACKAGE).rglob("*.py")}
+    graph = {
+        f.relative_to(PROJECT).as_posix(): {m.replace(".", "/") + ".py" for m in found} for f, found in modules.items()
+    }
+    visiting, done, circles = set(), set(), []
+
+    def visit(node: str, path: list[str]) -> None:
+        visiting.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt in visiting:
+                circles.append(path[path.index(nxt) :] + [nxt])
+            elif nxt not in done:
+                visit(nxt, [*path, nxt])
+        visiting.discard(node)
+        done.add(node)
+
+    for node in sorted(graph):
+        if node not in done:
+            visit(node, [node])
+    assert not circles, [" -> ".join(c) for c in circles]

@@ -19,15 +19,9 @@ from brain_tumor.evaluation.calibration import (
     nll,
     reliability_table,
 )
-from brain_tumor.evaluation.evaluate import (
-    binary_metrics,
-    bootstrap_ci,
-    choose_threshold,
-    json_number,
-    resampled_roc_auc,
-    roc_auc,
-)
+from brain_tumor.evaluation.evaluate import choose_threshold
 from brain_tumor.evaluation.figures import reliability_figure
+from brain_tumor.evaluation.metrics import binary_metrics, bootstrap_ci, json_number, resampled_roc_auc, roc_auc
 
 
 def test_metrics_match_hand_counts():

@@ -14,7 +14,8 @@ from PIL import Image
 
 from brain_tumor.core.arrays import load_split
 from brain_tumor.core.outputs import file_sha256
-from brain_tumor.evaluation.evaluate import p_tumor, predict_logits
+from brain_tumor.evaluation.metrics import p_tumor
+from brain_tumor.evaluation.predictions import predict_logits
 from brain_tumor.serving.cli import main
 from brain_tumor.serving.export import PARITY_TOLERANCE
 from brain_tumor.serving.inference import normalise

@@ -360,4 +360,28 @@ def test_an_external_set_is_measured_on_the_scans_the_models_have_not_seen(basel
     card = (repo / "reports" / "model_card.md").read_text()
     assert "## External set `other-scanner`" in card and "**3 of" in card
     assert json.loads((repo / "metrics" / "external" / "sets.json").read_text()) == {"external_sets": 1}
-    assert "other-scanner.json" in sh(["dvc", "metrics", "show", "metrics/external"], repo).stdout
+    shown = sh(["dvc", "metrics", "show", "metrics/external"], repo).stdout
+    assert "other-scanner.json" in shown and "lowest_roc_auc" in shown
+    summary = json.loads((repo / "metrics" / "external" / "summary.json").read_text())
+    for model in ("scratch", "transfer"):  # one set: its figures are the lowest
+        point = counts["models"][model]["operating_point"]
+        assert summary[model]["lowest_roc_auc"] == point["roc_auc"]
+        assert summary[model]["lowest_sensitivity"] == point["recall"]
+        assert summary[model]["lowest_novelty_auc"] == counts["models"][model]["novelty"]["roc_auc_vs_internal_test"]
+    assert (repo / "models" / "transfer.novelty.npz").is_file() and "novelty threshold" in card
+
+
+def test_the_default_pipeline_measures_the_built_in_external_set(baseline_repo):
+    """With the default params evaluate generates the built-in other-source set and reports it per subject and
+    in the summary that `dvc exp show` compares."""
+    name = "synthetic-other-source"
+    counts = json.loads((baseline_repo / "metrics" / "external" / f"{name}.json").read_text())
+    # 96 slices and the set's labels.csv, which ingest counts as a file it cannot label (no_label_for_folder)
+    assert counts["files_seen"] == 97 and counts["accepted"] + counts["duplicates"] == 96 and counts["rejected"] == 1
+    assert counts["unseen"] == counts["accepted"] - counts["seen"] and counts["unseen_tumor"] > 0
+    groups = pd.read_csv(baseline_repo / "metrics" / "evaluate" / "external" / f"{name}_groups.csv")
+    by_subject = groups[(groups["grouping"] == "subject") & (groups["threshold_name"] == "operating_point")]
+    assert sorted(by_subject["model"].unique()) == ["scratch", "transfer"]
+    assert by_subject.groupby("model")[["tumor", "non_tumor"]].sum().sum(axis=1).eq(counts["unseen"]).all()
+    table = sh(["dvc", "exp", "show", "--no-pager", "--md"], baseline_repo).stdout
+    assert "lowest_roc_auc" in table and "lowest_novelty_auc" in table

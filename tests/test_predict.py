@@ -16,7 +16,8 @@ from PIL import Image
 from brain_tumor.core.arrays import load_split
 from brain_tumor.core.outputs import file_sha256
 from brain_tumor.evaluation import explain
-from brain_tumor.evaluation.evaluate import p_tumor, predict_logits
+from brain_tumor.evaluation.metrics import p_tumor
+from brain_tumor.evaluation.predictions import predict_logits
 from brain_tumor.serving.cli import main
 from brain_tumor.serving.inference import model_input
 from brain_tumor.serving.predict import COLUMNS, load_model
@@ -249,3 +250,40 @@ def test_a_seen_index_of_another_split_or_damaged_is_one_error_line(tiny, tmp_pa
         assert main(["predict", str(tmp_path / "a.png"), "--model", str(model)]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"error: {model.with_suffix('.seen.npz')}: {needle}"), err
+
+
+def test_predict_scores_novelty_and_warns_when_scans_are_unlike_the_training_collection(tiny, tmp_path, capsys):
+    """Noise and a checkerboard are far from every training scan in the model's feature space; held-out test
+    scans are not. Both the .pt and the .onnx path read the novelty file beside the model; without one (or with
+    an ONNX file that gives no feature vectors) predict says so and leaves the columns empty."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for path in split_test_images(tiny)[:4]:
+        shutil.copy(path, scans / f"test-{path.name}")
+    rng = np.random.default_rng(0)
+    save(scans / "odd-noise.png", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    board = (np.indices((64, 64)).sum(0) // 8 % 2 * 255).astype(np.uint8)
+    save(scans / "odd-board.png", np.repeat(board[..., None], 3, axis=-1))
+    for suffix in (".pt", ".onnx"):
+        out = tmp_path / f"n{suffix}.csv"
+        assert (
+            main(["predict", str(scans), "--model", str(tiny / "models" / f"transfer{suffix}"), "--out", str(out)]) == 0
+        )
+        table = pd.read_csv(out, keep_default_na=False, dtype={"unlike_training": str})
+        rows = table.assign(name=table["path"].map(lambda p: Path(p).name)).set_index("name")
+        odd, held_out = rows[rows.index.str.startswith("odd-")], rows[rows.index.str.startswith("test-")]
+        assert odd["novelty"].min() > held_out["novelty"].max(), rows["novelty"]
+        assert (odd["unlike_training"] == "true").all()
+        assert set(rows["unlike_training"]) <= {"true", "false"}
+        n_unlike = int((rows["unlike_training"] == "true").sum())
+        assert f"warning: {n_unlike} of {len(rows)} scans are unlike the training collection" in capsys.readouterr().err
+
+    alone = tmp_path / "alone.pt"
+    shutil.copy(tiny / "models" / "transfer.pt", alone)
+    out = tmp_path / "alone.csv"
+    assert main(["predict", str(scans), "--model", str(alone), "--out", str(out)]) == 0
+    table = pd.read_csv(out, keep_default_na=False, dtype=str)
+    assert (table["unlike_training"] == "").all() and (table["novelty"] == "").all()
+    assert (
+        f"note: no {tmp_path / 'alone.novelty.npz'} beside the model: novelty not computed" in capsys.readouterr().err
+    )

@@ -16,7 +16,7 @@ from brain_tumor.core.arrays import load_split
 from brain_tumor.core.params import typed
 from brain_tumor.data import ingest, split
 from brain_tumor.training import prefix, resume, train
-from brain_tumor.training.intensity import look_tables
+from brain_tumor.training.looks import Looks
 from brain_tumor.training.models import GlobalDropout, seed_dropout, sync_batchnorm
 
 
@@ -106,9 +106,10 @@ def trained_state(kind, params, split_dir, out: Path, **kw) -> dict:
         # rests on the BatchNorm running statistics, which depend on every activation of both paths
         {"unfreeze_last": 2, "augment": True, "tta_flip": True, "label_smoothing": 0.1, "lr_schedule": "cosine"}
         | {"lr": 1e-7},
-        {"unfreeze_last": 0, "augment": True, "tta_flip": True, "intensity_looks": 2, "balance_acquisition": True},
+        {"unfreeze_last": 0, "augment": True, "tta_flip": True, "intensity_looks": 1, "domain_looks": 2}
+        | {"balance_acquisition": True, "lesion_copies": 1},
     ],
-    ids=["frozen-backbone", "last-blocks-flips-tta", "intensity-looks-balanced"],
+    ids=["frozen-backbone", "last-blocks-flips-tta", "looks-balanced"],
 )
 def test_frozen_prefix_computed_once_matches_full_forward(split_dir, tiny_params, tmp_path, changes):
     params = tiny_params | {"train_transfer": tiny_params["train_transfer"] | changes}
@@ -127,18 +128,19 @@ def test_frozen_prefix_computed_once_matches_full_forward(split_dir, tiny_params
 
 
 @pytest.mark.slow
-def test_intensity_looks_change_what_training_sees(split_dir, tiny_params, tmp_path):
-    """The looks reach the model: with them the head learns something else; the cache holds every look and
-    mirror (view look * 2 + mirror), look 0 being the plain scan's entry."""
+def test_looks_change_what_training_sees(split_dir, tiny_params, tmp_path):
+    """The looks (an intensity remapping, a domain-randomised view) reach the model: with them the head learns
+    something else; the cache holds every look and mirror (view look * 2 + mirror), look 0 being the plain
+    scan's entry."""
     cfg = tiny_params["train_transfer"] | {"unfreeze_last": 0}
     plain = trained_state("transfer", tiny_params | {"train_transfer": cfg}, split_dir, tmp_path / "plain")
-    looks = cfg | {"intensity_looks": 2}
+    looks = cfg | {"intensity_looks": 1, "domain_looks": 1}
     remapped = trained_state("transfer", tiny_params | {"train_transfer": looks}, split_dir, tmp_path / "looks")
     assert not torch.equal(plain["state_dict"]["head.1.weight"], remapped["state_dict"]["head.1.weight"])
     model = train.build_model("transfer", typed(tiny_params | {"train_transfer": looks}).train_transfer)
     images = load_split(split_dir, "train", cfg["image_size"])
-    tables = look_tables(looks["seed"] + 3, len(images.labels), 2)
-    views = prefix.prefix_views(model, images, 2, prefix.PREFIX_BATCH, torch.device("cpu"), None, tables=tables)
+    both = Looks(looks["seed"] + 3, len(images.labels), intensity=1, domain=1)
+    views = prefix.prefix_views(model, images, 2, prefix.PREFIX_BATCH, torch.device("cpu"), None, looks=both)
     assert views.shape[1] == 6
     np.testing.assert_array_equal(
         views[:, :2], prefix.prefix_views(model, images, 2, prefix.PREFIX_BATCH, torch.device("cpu"), None)

@@ -259,6 +259,8 @@ class TrainParams:
     augment: bool = spec(Bool())
     tta_flip: bool = spec(Bool(default=False))
     intensity_looks: int = spec(Int(0, 16, default=0))  # random intensity remappings per training scan
+    domain_looks: int = spec(Int(0, 16, default=0))  # domain-randomised views per training scan (domain.py)
+    lesion_copies: int = spec(Int(0, 4, default=0))  # lesioned copies of each no-tumour training scan (lesions.py)
     balance_acquisition: bool = spec(Bool(default=False))  # T1-like and T2-like drawn equally within a class
     precision: str = spec(Choice(("fp32", "bf16", "auto")))
 
@@ -294,7 +296,10 @@ class Params:
 
     def training(self, kind: str) -> TrainParams:
         """The section of one training stage: 'scratch' or 'transfer'."""
-        return self.train_scratch if kind == "scratch" else self.train_transfer
+        sections = {"scratch": self.train_scratch, "transfer": self.train_transfer}
+        if kind not in sections:
+            raise PipelineError(f"no training stage {kind!r}: expected scratch or transfer")
+        return sections[kind]
 
 
 def _specs(section: type) -> dict[str, Any]:

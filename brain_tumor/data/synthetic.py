@@ -13,20 +13,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from brain_tumor.core.blobs import blob
+
 
 def _smooth_noise(rng: np.random.Generator, size: int, grid: int) -> np.ndarray:
     coarse = Image.fromarray(rng.normal(0.0, 1.0, (grid, grid)).astype(np.float32), mode="F")
     return np.asarray(coarse.resize((size, size), Image.Resampling.BICUBIC))
-
-
-def _blob(rng: np.random.Generator, yy, xx, cy, cx, radius) -> np.ndarray:
-    """An irregular lesion mask: a few overlapping Gaussian lobes, softly thresholded."""
-    field = np.zeros_like(yy)
-    for _ in range(rng.integers(2, 5)):
-        oy, ox = rng.normal(0.0, radius * 0.45, 2)
-        ry, rx = radius * rng.uniform(0.5, 1.0, 2)
-        field += np.exp(-(((yy - cy - oy) / ry) ** 2 + ((xx - cx - ox) / rx) ** 2))
-    return np.clip((field - 0.5) * 3.0, 0.0, 1.0)
 
 
 def brain_slice(rng: np.random.Generator, size: int, tumor: bool) -> np.ndarray:
@@ -49,19 +41,19 @@ def brain_slice(rng: np.random.Generator, size: int, tumor: bool) -> np.ndarray:
 
     for side in (-1, 1):  # lateral ventricles: dark, roughly symmetric
         vy, vx = cy + rng.normal(0, size * 0.015), cx + side * size * rng.uniform(0.04, 0.07)
-        image -= 0.35 * _blob(rng, yy, xx, vy, vx, size * rng.uniform(0.03, 0.06)) * brain
+        image -= 0.35 * blob(rng, yy, xx, vy, vx, size * rng.uniform(0.03, 0.06)) * brain
     for _ in range(rng.integers(0, 4)):  # normal bright structures (vessels, calcifications): distractors
         r, t = rng.uniform(0.1, 0.75), rng.uniform(0, 2 * np.pi)
         sy, sx = cy + r * ry * np.sin(t), cx + r * rx * np.cos(t)
-        image += rng.uniform(0.1, 0.25) * _blob(rng, yy, xx, sy, sx, size * rng.uniform(0.008, 0.018)) * brain
+        image += rng.uniform(0.1, 0.25) * blob(rng, yy, xx, sy, sx, size * rng.uniform(0.008, 0.018)) * brain
 
     if tumor:
         r, t = np.sqrt(rng.uniform(0.0, 0.6)), rng.uniform(0, 2 * np.pi)
         ty, tx = cy + r * ry * np.sin(t), cx + r * rx * np.cos(t)
         radius = size * rng.uniform(0.05, 0.14)
         contrast = rng.choice([-1.0, 1.0], p=[0.15, 0.85]) * rng.uniform(0.2, 0.5)
-        lesion = _blob(rng, yy, xx, ty, tx, radius) * brain
-        rim = np.clip(_blob(rng, yy, xx, ty, tx, radius * 1.3) - lesion, 0, 1) * brain
+        lesion = blob(rng, yy, xx, ty, tx, radius) * brain
+        rim = np.clip(blob(rng, yy, xx, ty, tx, radius * 1.3) - lesion, 0, 1) * brain
         image += contrast * lesion + 0.5 * abs(contrast) * rim * rng.uniform(0, 1)
 
     image = image * rng.uniform(0.75, 1.15) + rng.normal(0, rng.uniform(0.01, 0.04), image.shape)
@@ -82,3 +74,30 @@ def write_kaggle_layout(root: Path, n_images: int, image_size: int, tumor_fracti
             rng = np.random.default_rng([seed, i])
             Image.fromarray(brain_slice(rng, image_size, bool(label))).save(image_dir / f"Image{i}.jpg", quality=92)
             writer.writerow([f"Image{i}", int(label)])
+
+
+def other_source_slice(image: np.ndarray) -> np.ndarray:
+    """A slice as another archive would publish it: skull-stripped, tissue contrast reversed (T2-like) and
+    rotated 90 degrees, as the public BraTS-derived sets differ from the training collection."""
+    from scipy import ndimage
+
+    grey = image.astype(np.float64) / 255
+    head = ndimage.binary_fill_holes(grey > 0.15)
+    depth = ndimage.distance_transform_edt(head)
+    brain = head & (depth > 0.12 * np.sqrt(head.sum() / np.pi))
+    return np.rot90(np.where(brain, np.clip(1.0 - 0.8 * grey, 0, 1), 0.0) * 255).round().astype(np.uint8)
+
+
+def write_other_source(root: Path, n_images: int, image_size: int, tumor_fraction: float, seed: int) -> None:
+    """The built-in external set: `yes/` and `no/` slices from another seed through `other_source_slice`, and a
+    labels.csv naming each slice's subject (eight slices a subject) and weighting."""
+    labels = (np.random.default_rng(seed).permutation(n_images) < round(n_images * tumor_fraction)).astype(int)
+    rows = ["file,label,subject,modality"]
+    for i, label in enumerate(labels):
+        folder = root / ("yes" if label else "no")
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"synthetic-{i // 8:02d}_t2like_{i:03d}.png"
+        image = other_source_slice(brain_slice(np.random.default_rng([seed, i]), image_size, bool(label)))
+        Image.fromarray(image).save(folder / name)
+        rows.append(f"{name},{folder.name},synthetic-{i // 8:02d},t2-like")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")

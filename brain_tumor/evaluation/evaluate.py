@@ -3,7 +3,6 @@ at the operating point chosen on validation, per-subgroup accuracy, calibration,
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,10 +10,9 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_curve
 
-from brain_tumor.core.arrays import batch_indices, load_split, to_input
-from brain_tumor.core.console import progress
+from brain_tumor.core.arrays import load_split
 from brain_tumor.core.contracts import read_split_manifest
 from brain_tumor.core.errors import PipelineError
 from brain_tumor.core.intervals import wilson_interval
@@ -23,11 +21,16 @@ from brain_tumor.core.outputs import file_sha256, write_json, write_table
 from brain_tumor.core.params import EvaluateParams, Params, typed
 from brain_tumor.evaluation.calibration import calibration_report
 from brain_tumor.evaluation.explain import gallery, gallery_indices
+from brain_tumor.evaluation.external import evaluate_external, external_summary, read_external_sets
+from brain_tumor.evaluation.figures import confusion_figure, operating_point_figure, prediction_grid, reliability_figure
+from brain_tumor.evaluation.metrics import binary_metrics, bootstrap_ci, json_number, p_tumor
 from brain_tumor.evaluation.model_card import CardInputs, ModelFile, training_params, write_model_card
+from brain_tumor.evaluation.predictions import predict_features, predict_logits
 from brain_tumor.serving.inference import write_threshold
+from brain_tumor.serving.novelty import Novelty, build_novelty, novelty_path, reference_rows, save_novelty
 from brain_tumor.training.checkpoint import load_trained
+from brain_tumor.training.seen import index_path, read_index
 
-METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
 SUBGROUPS = ("subtype", "source_folder", "acquisition")  # manifest columns: class folder, first folder, kind
 # each estimated acquisition kind within each class: within "T2-like tumor" accuracy is the kind's sensitivity
 BY_KIND_AND_CLASS = "acquisition_class"
@@ -35,86 +38,14 @@ SUBGROUP_COLUMNS = ["model", "grouping", "group", "threshold_name", "n", "errors
 REPORT_COLUMNS = (*SUBGROUPS, "source", "train_similarity", "group")
 
 
-def confusion_counts(y: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(tp, fp, fn, tn) along the last axis of 0/1 label and prediction arrays (one row per resample)."""
-    y, pred = y.astype(bool), pred.astype(bool)
-    return (y & pred).sum(-1), (~y & pred).sum(-1), (y & ~pred).sum(-1), (~y & ~pred).sum(-1)
-
-
-def rates(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray) -> dict[str, np.ndarray]:
-    """The count-based metrics, elementwise; a ratio with a zero denominator is 0 (as sklearn's zero_division=0)."""
-
-    def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-        num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
-        return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
-
-    return {
-        "accuracy": ratio(tp + tn, tp + fp + fn + tn),
-        "precision": ratio(tp, tp + fp),
-        "recall": ratio(tp, tp + fn),
-        "specificity": ratio(tn, tn + fp),
-        "f1": ratio(2 * tp, 2 * tp + fp + fn),
-    }
-
-
-def binary_metrics(y: np.ndarray, pred: np.ndarray, score: np.ndarray) -> dict[str, float]:
-    """Tumor (1) is the positive class. A ratio with a zero denominator is 0; ROC AUC is nan with one class."""
-    counts = rates(*confusion_counts(np.asarray(y), np.asarray(pred)))
-    return {m: float(v) for m, v in counts.items()} | {"roc_auc": roc_auc(y, score)}
-
-
-def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
-    """sklearn's ROC AUC, nan (not an exception) when the labels hold one class only."""
-    if len(np.unique(y)) < 2:
-        return float("nan")
-    return float(roc_auc_score(y, score))
-
-
-def resampled_roc_auc(y: np.ndarray, score: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """ROC AUC of each resample `y[idx[r]], score[idx[r]]`, all at once, as the Mann-Whitney statistic: the share
-    of (tumor, non_tumor) pairs the score orders correctly, a tie counting half (sklearn's trapezoidal AUC is
-    the same number); nan for a resample with one class."""
-    ranks = np.unique(score, return_inverse=True)[1].reshape(-1)  # tied scores share a rank
-    k, samples = int(ranks.max()) + 1, len(idx)
-    cell = np.arange(samples)[:, None] * k + ranks[idx]  # (resample, rank) as one index
-    positive = y[idx] == 1
-    pos, neg = (np.bincount(cell[m], minlength=samples * k).reshape(samples, k) for m in (positive, ~positive))
-    below = np.cumsum(neg, axis=1) - neg  # negatives scored lower than each rank
-    wins = (pos * (below + 0.5 * neg)).sum(1)
-    pairs = pos.sum(1).astype(np.float64) * neg.sum(1)
-    return np.divide(wins, pairs, out=np.full(samples, np.nan), where=pairs > 0)
-
-
-def bootstrap_ci(
-    y: np.ndarray, pred: np.ndarray, score: np.ndarray, samples: int, seed: int
-) -> dict[str, tuple[float, float]]:
-    """Percentile 95% intervals from resampling the test set with replacement (nan where undefined).
-
-    All resamples at once: a (samples x n) index array, counts and ranks per row; no per-resample sklearn calls.
-    """
-    idx = np.random.default_rng(seed).integers(0, len(y), (samples, len(y)))
-    draws = rates(*confusion_counts(y[idx], pred[idx])) | {"roc_auc": resampled_roc_auc(y, score, idx)}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-nan column: roc_auc with one class
-        return {m: tuple(float(np.nanpercentile(draws[m], q)) for q in (2.5, 97.5)) for m in METRICS}
-
-
-def predict_logits(model: torch.nn.Module, images: np.ndarray, batch_size: int) -> torch.Tensor:
-    """The model's logits (N x 2, float32, on the CPU) for each image, in eval mode, on the GPU when there is one."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    # moved outside inference mode: parameters created inside it could not be used by Grad-CAM afterwards
-    model.eval().to(device=device, memory_format=torch.channels_last)
-    with torch.inference_mode():
-        out = [
-            model(to_input(images[idx], device)).float().cpu()
-            for idx in progress(batch_indices(len(images), batch_size, None), "predict", unit="batch")
-        ]
-    return torch.cat(out) if out else torch.zeros(0, 2)
-
-
-def p_tumor(logits: torch.Tensor) -> np.ndarray:
-    """P(tumor) per image from logits, as `brain-tumor predict` and the ONNX file compute it."""
-    return torch.softmax(logits, 1)[:, 1].numpy()
+def fit_novelty(model, path: Path, split_dir: Path, manifest, val_images: np.ndarray, cfg: EvaluateParams) -> Novelty:
+    """The novelty reference (training scans) and threshold (validation scans) of one model, written beside it."""
+    train = load_split(split_dir, "train", val_images.shape[1], manifest)
+    rows = reference_rows(len(train.labels))
+    train_features = predict_features(model, train.images[rows], cfg.batch_size)
+    novelty = build_novelty(train_features, predict_features(model, val_images, cfg.batch_size), file_sha256(path))
+    save_novelty(novelty_path(path), novelty)
+    return novelty
 
 
 # How far evaluate's validation loss may be from the one training recorded for the best epoch: float rounding
@@ -207,10 +138,8 @@ class ModelRun:
     val_labels: np.ndarray
     val_p_tumor: np.ndarray
     test: TestPredictions
-
-
-def json_number(v: float) -> float | None:
-    return None if np.isnan(v) else round(v, 4)  # JSON has no NaN (AUC with one class in the test split)
+    novelty: Novelty | None = None  # fitted on training and validation scans (None: reports from saved files)
+    test_novelty: np.ndarray | None = None  # each test scan's novelty score
 
 
 def summary_rows(per_model: dict[str, dict[str, float]], intervals: dict[str, dict] | None = None) -> dict[str, dict]:
@@ -302,9 +231,6 @@ def evaluate_models(
     logged = {name: training_params(metrics_dir / f"train_{name}" / "params.yaml") for name in model_paths}
     external_sets, index = [], None
     if cfg.external:  # read (and refused, if they must be) before anything is written
-        from brain_tumor.evaluation.external import read_external_sets
-        from brain_tumor.training.seen import index_path, read_index
-
         first = next(iter(model_paths))
         index = read_index(index_path(model_paths[first]), trained[first][1]["split_manifest_sha256"])
         external_sets = read_external_sets(cfg.external, params.data)
@@ -326,16 +252,18 @@ def evaluate_models(
         write_threshold(path, operating_point, file_sha256(path))
         score = p_tumor(predict_logits(model, test.images, cfg.batch_size))
         outcome = TestPredictions(test.labels, score, operating_point["threshold"], test.images)
-        runs[name] = ModelRun(ModelFile(path, meta, logged[name], operating_point), val.labels, p_val, outcome)
+        novelty = fit_novelty(model, path, split_dir, manifest, val.images, cfg)
+        test_novelty = novelty.scores(predict_features(model, test.images, cfg.batch_size))
+        file = ModelFile(path, meta, logged[name], operating_point)
+        runs[name] = ModelRun(file, val.labels, p_val, outcome, novelty, test_novelty)
         gallery(model, test.images, test.labels, score, outcome.threshold, figures_dir / f"gallery_{name}.png")
 
     external = {}
     if external_sets:
-        from brain_tumor.evaluation.external import evaluate_external
-
         models = {name: (trained[name][0], trained[name][1]["image_size"]) for name in runs}
         thresholds = {name: run.test.threshold for name, run in runs.items()}
-        external = {s.name: evaluate_external(s, models, thresholds, index, cfg) for s in external_sets}
+        novelty = {name: (run.novelty, run.test_novelty) for name, run in runs.items()}
+        external = {s.name: evaluate_external(s, models, thresholds, index, cfg, novelty) for s in external_sets}
     metrics = write_reports(params, manifest, runs, metrics_dir, figures_dir, card_path, external)
     write_figures({name: run.test for name, run in runs.items()}, cfg, figures_dir)
     return {name: {metric: row[name] for metric, row in metrics["test"].items()} for name in runs}
@@ -370,9 +298,12 @@ def write_reports(
     The card is rendered from the very dicts written to the metric files, so the two cannot disagree."""
     params, external = typed(params), external or {}
     write_json(metrics_dir / "external" / "sets.json", {"external_sets": len(external)})
+    if external:
+        write_json(metrics_dir / "external" / "summary.json", external_summary(external))
     for name, result in external.items():
         write_json(metrics_dir / "external" / f"{name}.json", result.metrics)
         write_table(metrics_dir / "evaluate" / "external" / f"{name}_seen.csv", result.seen)
+        write_table(metrics_dir / "evaluate" / "external" / f"{name}_groups.csv", result.groups)
     test_rows = manifest[manifest["split"] == "test"].reset_index(drop=True)
     metrics = threshold_metrics(runs, params.evaluate) | {"validation": validation_rows(runs)}
     calibration = {name: calibration_row(run) for name, run in runs.items()}
@@ -424,13 +355,6 @@ def calibration_row(run: ModelRun) -> dict[str, float | None]:
 
 
 def write_figures(outcomes: dict[str, TestPredictions], cfg: EvaluateParams, figures_dir: Path) -> None:
-    from brain_tumor.evaluation.figures import (
-        confusion_figure,
-        operating_point_figure,
-        prediction_grid,
-        reliability_figure,
-    )
-
     for name, outcome in outcomes.items():
         confusion_figure(outcome, name, figures_dir / f"confusion_{name}.png")
         reliability_figure(outcome.labels, outcome.p_tumor, name, figures_dir / f"reliability_{name}.png")

@@ -9,7 +9,7 @@ import numpy as np
 from brain_tumor.core.labels import CLASSES
 from brain_tumor.core.plotting import plt, save_figure
 from brain_tumor.evaluation.calibration import BINS, expected_calibration_error, reliability_table
-from brain_tumor.evaluation.evaluate import confusion_counts, rates
+from brain_tumor.evaluation.metrics import confusion_counts, rates
 
 
 def confusion_figure(outcome, name: str, path: Path) -> None:

@@ -246,8 +246,17 @@ def external_section(name: str, result) -> str:
     """One external set: what was read, what the model had effectively seen, and the metrics on the rest."""
     m = result.metrics
     rows = []
+    novelty = []
     for model, by_threshold in m["models"].items():
-        for threshold_name, row in by_threshold.items():
+        seen_as_new = by_threshold["novelty"]
+        novelty.append(
+            f"- {model}: {number(seen_as_new['flagged'])} of the unseen scans score above its novelty threshold "
+            f"({seen_as_new['threshold']}; internal test scans: {number(seen_as_new['internal_test_flagged'])}); "
+            "the score tells them from the internal test scans at ROC AUC "
+            f"{number(seen_as_new['roc_auc_vs_internal_test'])}"
+        )
+        for threshold_name in ("0.5", "operating_point"):
+            row = by_threshold[threshold_name]
             metrics = ("accuracy", "recall", "specificity", "roc_auc")
             cells = [f"{number(row[k])} {bounds(row[f'{k}_ci_lower'], row[f'{k}_ci_upper'])}" for k in metrics]
             rows.append([model, threshold_name, *cells])
@@ -260,7 +269,38 @@ def external_section(name: str, result) -> str:
 Unseen: {m["unseen_tumor"]} tumour, {m["unseen_non_tumor"]} no tumour. Metrics on the unseen scans, 95% bootstrap
 intervals:{notes}
 
-{table(["model", "threshold", "accuracy", "sensitivity", "specificity", "ROC AUC"], rows)}"""
+{table(["model", "threshold", "accuracy", "sensitivity", "specificity", "ROC AUC"], rows)}
+
+Unlike the training collection? (`brain-tumor predict`'s novelty score, `models/<model>.novelty.npz`)
+
+{chr(10).join(novelty)}{group_table(name, result.groups)}"""
+
+
+def group_table(name: str, groups) -> str:
+    """Per weighting, subject and slice region at the operating point (95% Wilson intervals), where the set
+    tells them; empty where it tells none."""
+    at_point = groups[groups["threshold_name"] == "operating_point"]
+    if at_point.empty:
+        return ""
+
+    def rate(row, metric: str, hits: str, n: str) -> str:
+        if row[metric] is None or row[metric] != row[metric]:
+            return "-"
+        interval = bounds(row[f"{metric}_ci_lower"], row[f"{metric}_ci_upper"])
+        return f"{row[hits]} / {row[n]} = {number(row[metric])} {interval}"
+
+    rows = [
+        [r["model"], f"{r['grouping']} {r['group']}", rate(r, "sensitivity", "found", "tumor"),
+         rate(r, "specificity", "cleared", "non_tumor"), number(None if r["roc_auc"] != r["roc_auc"] else r["roc_auc"])]
+        for _, r in at_point.iterrows()
+    ]  # fmt: skip
+    header = ["model", "group", "sensitivity", "specificity", "ROC AUC"]
+    return f"""
+
+Per group at the operating point (`metrics/evaluate/external/{name}_groups.csv`; slices of one subject are not
+independent, so a subject's interval is narrower than what it vouches for):
+
+{table(header, rows)}"""
 
 
 def reproduce_section() -> str:

@@ -21,6 +21,7 @@ def weights_command(args: argparse.Namespace) -> None:
 
 def predict_command(args: argparse.Namespace) -> None:
     """P(tumor) for every scan under the PATHs: a table on stdout, or a CSV / JSON file with --out."""
+    from brain_tumor.serving.novelty import novelty_path
     from brain_tumor.serving.predict import (
         limits_from_params,
         load_model,
@@ -49,17 +50,27 @@ def predict_command(args: argparse.Namespace) -> None:
             write_predictions(table, args.out)
     else:
         print(f"model {model.name} (sha256 {model.sha256[:12]}), threshold {threshold:g} ({source})")
-        shown = table[["path", "p_tumor", "predicted_class", "seen_in_training", "reason"]]
+        shown = table[
+            ["path", "p_tumor", "predicted_class", "seen_in_training", "novelty", "unlike_training", "reason"]
+        ]
         print(shown.to_string(index=False, na_rep="", float_format="{:.4f}".format))
-    seen = table["seen_in_training"]
-    if (seen == "").all():
-        print(f"note: no {index_path(model.path)} beside the model: seen_in_training not computed", file=sys.stderr)
-    elif n_seen := int((seen == "true").sum()):
-        print(
-            f"warning: {n_seen} of {predicted} scans are the same slice as a training or validation scan "
-            "(seen_in_training): a figure measured on them is partly a training-set figure",
-            file=sys.stderr,
-        )
+    report_flags(
+        table["seen_in_training"],
+        predicted,
+        f"no {index_path(model.path)} beside the model: seen_in_training not computed",
+        "are the same slice as a training or validation scan (seen_in_training): a figure measured on them is "
+        "partly a training-set figure",
+    )
+    novelty_file = novelty_path(model.path)
+    report_flags(
+        table["unlike_training"],
+        predicted,
+        f"no {novelty_file} beside the model: novelty not computed (dvc repro evaluate)"
+        if not novelty_file.is_file()
+        else f"{model.name} gives no feature vectors (exported before the novelty score): novelty not computed",
+        "are unlike the training collection (unlike_training: novelty above the threshold calibrated on "
+        "validation): the model's test figures do not hold for them",
+    )
     skipped = f"; not predicted: {refused_text(table)}" if predicted < len(table) else ""
     written = f"; written to {args.out}" if args.out is not None else ""
     print(
@@ -67,6 +78,15 @@ def predict_command(args: argparse.Namespace) -> None:
         f"{skipped}{written}",
         file=sys.stderr,
     )
+
+
+def report_flags(flags, predicted: int, not_computed: str, flagged: str) -> None:
+    """One stderr line for a true/false column of predict: a note where it was not computed, else a warning
+    counting the scans flagged (none: no line)."""
+    if (flags == "").all():
+        print(f"note: {not_computed}", file=sys.stderr)
+    elif n_flagged := int((flags == "true").sum()):
+        print(f"warning: {n_flagged} of {predicted} scans {flagged}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ import numpy as np
 
 from brain_tumor.core.errors import PipelineError
 from brain_tumor.core.outputs import atomic_write, file_sha256
+from brain_tumor.evaluation.metrics import p_tumor_tensor
 from brain_tumor.serving.inference import (
     PREPROCESSING,
     normalise,
@@ -38,7 +39,8 @@ def metadata(model_path: Path, meta: dict, point: dict) -> dict[str, str]:
         "mean": json.dumps(meta["mean"]),
         "std": json.dumps(meta["std"]),
         "input": f"image: float32 [batch, 3, {meta['image_size']}, {meta['image_size']}], NCHW, normalised",
-        "output": "p_tumor: float32 [batch], softmax probability of class 'tumor' (index 1 of classes)",
+        "output": "p_tumor: float32 [batch], softmax probability of class 'tumor' (index 1 of classes); "
+        "features: float32 [batch, n], the vectors of the novelty score (models/<model>.novelty.npz)",
         "classes": json.dumps(meta["classes"]),
         "threshold": str(point["threshold"]),
         "threshold_source": sidecar.name,
@@ -56,7 +58,8 @@ def metadata(model_path: Path, meta: dict, point: dict) -> dict[str, str]:
 
 
 def with_softmax(model):
-    """The classifier as exported: normalised NCHW image -> P(tumor), shape (batch,)."""
+    """The classifier as exported: normalised NCHW image -> P(tumor), shape (batch,), and the feature vectors
+    the novelty score reads (batch x features)."""
     import torch
 
     class PTumor(torch.nn.Module):
@@ -64,8 +67,8 @@ def with_softmax(model):
             super().__init__()
             self.model = model
 
-        def forward(self, image: torch.Tensor) -> torch.Tensor:
-            return torch.softmax(self.model(image), 1)[:, 1]
+        def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return p_tumor_tensor(self.model(image)), self.model.embed(image)
 
     return PTumor().eval()
 
@@ -93,8 +96,8 @@ def export_onnx(model_path: Path, onnx_path: Path) -> dict:
             exported,
             dynamo=False,
             input_names=["image"],
-            output_names=["p_tumor"],
-            dynamic_axes={"image": {0: "batch"}, "p_tumor": {0: "batch"}},
+            output_names=["p_tumor", "features"],
+            dynamic_axes={"image": {0: "batch"}, "p_tumor": {0: "batch"}, "features": {0: "batch"}},
             opset_version=OPSET,
         )
     graph = onnx.load_from_string(exported.getvalue())
@@ -102,7 +105,7 @@ def export_onnx(model_path: Path, onnx_path: Path) -> dict:
     onnx.helper.set_model_props(graph, metadata(model_path, meta, point))
     onnx.checker.check_model(graph)
     with torch.inference_mode():
-        expected = wrapped(torch.from_numpy(probe)).numpy()
+        expected = wrapped(torch.from_numpy(probe))[0].numpy()
     checked: dict = {}
 
     def write_checked(tmp: Path) -> None:

@@ -20,7 +20,7 @@ from brain_tumor.core.outputs import write_json
 from brain_tumor.core.resize import resize_rgb
 
 PREPROCESSING = (
-    "decode to 8-bit RGB as brain_tumor.images.load_rgb does (EXIF orientation applied; high-bit-depth "
+    "decode to 8-bit RGB as brain_tumor.data.images.load_rgb does (EXIF orientation applied; high-bit-depth "
     "greyscale scaled to 8 bits; alpha composited on black), resize to image_size x image_size with "
     "bilinear antialiased resampling (PIL Image.resize BILINEAR, aspect ratio not kept), scale to [0, 1] "
     "by /255, subtract mean and divide by std per channel, lay out as NCHW float32"
@@ -134,6 +134,14 @@ def onnx_p_tumor(session) -> Callable[[np.ndarray], np.ndarray]:
     """The session as a function: normalised NCHW batch -> P(tumor) per image."""
     input_name = session.get_inputs()[0].name
     return lambda x: session.run(["p_tumor"], {input_name: x})[0]
+
+
+def onnx_features(session) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The session's `features` output (the novelty score's vectors) as a function, or None for a file without."""
+    if not any(o.name == "features" for o in session.get_outputs()):
+        return None
+    input_name = session.get_inputs()[0].name
+    return lambda x: session.run(["features"], {input_name: x})[0]
 
 
 # ---------------------------------------------------------------- the operating point beside each model

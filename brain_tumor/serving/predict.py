@@ -1,6 +1,6 @@
 """`brain-tumor predict`: P(tumor) for new scans, with a trained model (.pt) or its ONNX export (.onnx).
 
-Files are decoded by the ingest rules (`images.load_rgb`) and a file that cannot be used becomes a row
+Files are decoded by the ingest rules (`data.images.load_rgb`) and a file that cannot be used becomes a row
 with its reason, never a crash. A model file, its threshold file or an output path that cannot be used is
 one `error:` line naming it. This module imports no torch: the ONNX path runs on onnxruntime alone,
 and decoding, resizing and normalising are numpy and PIL code (`inference.model_input`) that the PyTorch
@@ -32,18 +32,25 @@ from brain_tumor.core.stage import CAUSES
 from brain_tumor.data.images import RejectedFile, decode_scan, save_png
 from brain_tumor.data.ingest import reasons_text
 from brain_tumor.data.sources import is_system_file, safe_extract, scan_files
+from brain_tumor.evaluation.metrics import p_tumor as p_tumor_of
 from brain_tumor.serving.inference import (
     check_onnx_contract,
     model_input,
+    onnx_features,
     onnx_p_tumor,
     onnx_session,
     read_threshold,
     threshold_file,
 )
+from brain_tumor.serving.novelty import Novelty, novelty_path, read_novelty
 from brain_tumor.training.seen import SeenIndex, index_path, nearest_seen, read_index
 
 SEEN_COLUMNS = ["seen_in_training", "training_similarity", "nearest_training_scan"]
-COLUMNS = ["path", "p_tumor", "predicted_class", "threshold", "model", "model_sha256", *SEEN_COLUMNS, "reason"]
+NOVELTY_COLUMNS = ["novelty", "unlike_training"]  # novelty.py: the score and whether it exceeds the threshold
+COLUMNS = [
+    "path", "p_tumor", "predicted_class", "threshold", "model", "model_sha256", *SEEN_COLUMNS, *NOVELTY_COLUMNS,
+    "reason",
+]  # fmt: skip
 DEFAULT_THRESHOLD = 0.5
 NAMED_MODELS = ("scratch", "transfer")  # models/<name>.pt, the train stages' outputs
 DEFAULT_MAX_PIXELS = 100_000_000  # data.max_image_pixels when there is no params.yaml
@@ -66,6 +73,7 @@ class Model:
     threshold: float | None = None  # the operating point stored inside an ONNX file
     network: Any = None  # the torch module (.pt only): Grad-CAM needs it
     split_manifest_sha256: str | None = None  # the split it was trained on: binds its seen-index
+    features: Callable[[np.ndarray], np.ndarray] | None = None  # the vectors the novelty score reads
 
     @property
     def name(self) -> str:
@@ -98,8 +106,11 @@ def load_torch(path: Path, expect_kind: str | None = None) -> Model:
 
     @torch.inference_mode()
     def p_tumor(x: np.ndarray) -> np.ndarray:
-        logits = network(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
-        return torch.softmax(logits.float(), 1)[:, 1].numpy()
+        return p_tumor_of(network(torch.from_numpy(x).contiguous(memory_format=torch.channels_last)))
+
+    @torch.inference_mode()
+    def features(x: np.ndarray) -> np.ndarray:
+        return network.embed(torch.from_numpy(x).contiguous(memory_format=torch.channels_last)).float().numpy()
 
     sha256 = file_sha256(path)
     return Model(
@@ -112,6 +123,7 @@ def load_torch(path: Path, expect_kind: str | None = None) -> Model:
         sha256,
         network=network,
         split_manifest_sha256=meta["split_manifest_sha256"],
+        features=features,
     )
 
 
@@ -131,6 +143,7 @@ def load_onnx(path: Path, threads: int = 0) -> Model:
         contract.source_model_sha256,
         threshold=contract.threshold,
         split_manifest_sha256=meta.get("split_manifest_sha256"),  # absent from files exported before it was written
+        features=onnx_features(session),  # None for files exported before the novelty score
     )
 
 
@@ -145,6 +158,15 @@ def seen_index(model: Model) -> SeenIndex | None:
             "against it; re-export it (python -m stages.export)"
         )
     return read_index(path, model.split_manifest_sha256)
+
+
+def novelty_of(model: Model) -> Novelty | None:
+    """The novelty file beside the model, checked against it; None (predict says so) where there is none or
+    the model gives no feature vectors (an ONNX file exported before the novelty score)."""
+    path = novelty_path(model.path)
+    if not path.is_file() or model.features is None:
+        return None
+    return read_novelty(path, model.trained_sha256)
 
 
 def operating_point(model: Model, override: float | None) -> tuple[float, str]:
@@ -286,7 +308,7 @@ def predict_paths(
     leaves none.
     """
     limits = limits or Limits()
-    index = seen_index(model)
+    index, novelty = seen_index(model), novelty_of(model)
     if explain_dir is not None and model.network is None:
         raise PipelineError(f"--explain needs the PyTorch model (.pt); {model.name} has no gradients for Grad-CAM")
     with ExitStack() as stack:
@@ -295,9 +317,12 @@ def predict_paths(
         reasons = [""] * len(inputs)
         p_tumor, similarity = np.full(len(inputs), np.nan), np.full(len(inputs), np.nan)
         nearest = np.full(len(inputs), "", dtype=object)
+        novelty_score = np.full(len(inputs), np.nan)
         for rows, images in decoded_batches(inputs, limits, batch_size, reasons):
             x = model_input(images, model.image_size, model.mean, model.std)
             p_tumor[rows] = model.p_tumor(x)
+            if novelty is not None:
+                novelty_score[rows] = novelty.scores(model.features(x))
             if index is not None:
                 similarity[rows], nearest[rows] = nearest_seen(index, images)
             if overlays is not None:
@@ -320,10 +345,19 @@ def predict_paths(
             "seen_in_training": seen_flags(similarity, index),
             "training_similarity": similarity,
             "nearest_training_scan": nearest,
+            "novelty": novelty_score,
+            "unlike_training": novelty_flags(novelty_score, novelty),
             "reason": reasons,
         },
         columns=COLUMNS,
     )
+
+
+def novelty_flags(scores: np.ndarray, novelty: Novelty | None) -> np.ndarray:
+    """The unlike_training column: true above the novelty threshold, false at or below, empty without a score."""
+    if novelty is None:
+        return np.full(len(scores), "", dtype=object)
+    return np.where(np.isnan(scores), "", np.where(scores > novelty.threshold, "true", "false")).astype(object)
 
 
 def seen_flags(similarity: np.ndarray, index: SeenIndex | None) -> np.ndarray:

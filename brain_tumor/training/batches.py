@@ -12,7 +12,7 @@ from brain_tumor.core.arrays import (
     SplitImages,
     to_input,
 )
-from brain_tumor.training.intensity import apply_looks
+from brain_tumor.training.looks import Looks
 
 
 @dataclass
@@ -36,20 +36,20 @@ class Batches:
         return self.prepare(idx, flips, looks), torch.from_numpy(self.labels[idx]).to(device)
 
 
-def image_batches(split: SplitImages, device: torch.device, augment: bool, tables: np.ndarray | None = None) -> Batches:
-    """Decoded images; `tables` (rows x looks x 256, see intensity.py) gives each row its intensity looks."""
+def image_batches(split: SplitImages, device: torch.device, augment: bool, looks: Looks | None = None) -> Batches:
+    """Decoded images; `looks` (looks.py) gives each row its other looks."""
 
-    def prepare(idx: np.ndarray, flips: torch.Tensor | None, looks: np.ndarray | None) -> torch.Tensor:
+    def prepare(idx: np.ndarray, flips: torch.Tensor | None, chosen: np.ndarray | None) -> torch.Tensor:
         batch = split.images[idx]
-        if looks is not None:
-            batch = apply_looks(batch, tables[idx, looks])
+        if chosen is not None and looks is not None:
+            batch = looks.apply(batch, idx, chosen)
         x = to_input(batch, device)
         if flips is not None:  # random horizontal flips: brains are near-symmetric
             flips = flips.to(x.device)
             x[flips] = x[flips].flip(-1)
         return x
 
-    return Batches(split.images, split.labels, prepare, augment, 1 if tables is None else tables.shape[1])
+    return Batches(split.images, split.labels, prepare, augment, 1 if looks is None else looks.count)
 
 
 def acquisition_weights(labels: np.ndarray, rows) -> np.ndarray:

@@ -47,6 +47,10 @@ class ScratchCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return flip_averaged(lambda v: self.classifier(self.features(v)), x, self.tta and not self.training)
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Each channel's mean and spread after the conv blocks (32 values): the novelty score's space."""
+        return spread(self.features(x))
+
 
 def flip_averaged(forward, x: torch.Tensor, average: bool) -> torch.Tensor:
     """`forward(x)`, or with `average` the mean of the logits for x and its left-right mirror (test-time
@@ -54,6 +58,14 @@ def flip_averaged(forward, x: torch.Tensor, average: bool) -> torch.Tensor:
     if not average:
         return forward(x)
     return (forward(x) + forward(x.flip(-1))) / 2
+
+
+EMBED_BLOCK = 13  # MobileNetV2's last 14x14 block (at 224 px)
+
+
+def spread(x: torch.Tensor) -> torch.Tensor:
+    """Per channel, the mean and the standard deviation over the image: N x C x H x W -> N x 2C."""
+    return torch.cat([x.mean((2, 3)), x.std((2, 3))], 1)
 
 
 class TransferNet(nn.Module):
@@ -107,6 +119,12 @@ class TransferNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return flip_averaged(lambda v: self.trainable_part(self.prefix_output(v)), x, self.tta and not self.training)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Each channel's mean and spread after block EMBED_BLOCK (the 14x14 stage, 96 channels: 192 values), the
+        novelty score's space. Of the spaces tried on the shared external sets (the pooled 1280 features before
+        the head, early blocks' statistics, this block) it told them from the internal test split best."""
+        return spread(self.backbone[: EMBED_BLOCK + 1](x))
 
     def frozen_prefix(self) -> nn.Module:
         """A copy of the frozen blocks for inference only (pooled too when the whole backbone is frozen),

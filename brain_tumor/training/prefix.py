@@ -25,9 +25,11 @@ from brain_tumor.core.arrays import (
 from brain_tumor.core.console import progress
 from brain_tumor.core.numerics import signature
 from brain_tumor.core.outputs import cache_dir
+from brain_tumor.training import domain, intensity
+from brain_tumor.training import looks as looks_code
 from brain_tumor.training.batches import Batches
 from brain_tumor.training.device import autocast
-from brain_tumor.training.intensity import apply_looks
+from brain_tumor.training.looks import Looks
 from brain_tumor.training.models import (
     WEIGHTS_SHA256,
     TransferNet,
@@ -87,32 +89,35 @@ def prefix_views(
     device: torch.device,
     amp: torch.dtype | None,
     desc: str = "prefix",
-    tables: np.ndarray | None = None,
+    looks: Looks | None = None,
 ) -> np.ndarray:
-    """The frozen prefix's output for every image of a split under each intensity look of `tables` (rows x
-    looks x 256; None: the image only), and for each look's mirror when `mirrors` is 2, cached on disk as
+    """The frozen prefix's output for every image of a split under each of its `looks` (looks.py; None: the
+    image only), and for each look's mirror when `mirrors` is 2, cached on disk as
     float32: N x (looks x mirrors) x (the prefix's output shape); view look * mirrors + mirror.
 
-    Key: the split's pixels, the look tables, the weights' sha256, image size, normalisation, how many blocks
+    Key: the split's pixels, the looks, the weights' sha256, image size, normalisation, how many blocks
     are frozen and the prefix's output shape, precision, device type, the batch size (kernels may round
     differently for another one), and the producing code and library versions.
     """
     prefix = model.frozen_prefix().to(device)
     size = split.images.shape[1]
     shape = tuple(prefix(torch.zeros(1, 3, size, size, device=device)).shape[1:])
-    looks = 1 if tables is None else tables.shape[1]
-    code = code_fingerprint(prefix_views, to_input, TransferNet, autocast, apply_looks)
+    looks = looks or Looks(0, len(split.labels))
+    count = looks.count
+    code = code_fingerprint(prefix_views, to_input, TransferNet, autocast, looks_code, domain, intensity)
     key = hashlib.sha256(
         f"{split.key} {WEIGHTS_SHA256} {split.images.shape} {MEAN} {STD} {model.n_frozen} {shape} {mirrors} {amp} "
         f"{batch_size} {device.type} {signature()} {code}".encode()
     )
-    if tables is not None:
-        key.update(tables.tobytes())
+    if count > 1:
+        key.update(looks.key().encode())
 
     def compute(rows: np.ndarray) -> np.ndarray:
-        out = np.empty((len(rows), looks * mirrors, *shape), np.float32)
-        for look in range(looks):
-            images = split.images[rows] if look == 0 else apply_looks(split.images[rows], tables[rows, look])
+        out = np.empty((len(rows), count * mirrors, *shape), np.float32)
+        for look in range(count):
+            images = (
+                split.images[rows] if look == 0 else looks.apply(split.images[rows], rows, np.full(len(rows), look))
+            )
             x = to_input(images, device)
             for mirror in range(mirrors):
                 with autocast(device, amp):
@@ -127,11 +132,11 @@ def prefix_views(
         """A sample of rows recomputed in one batch: other batch sizes round differently, hence the tolerance."""
         rows = sample_rows(len(split.labels))
         fresh = compute(rows)
-        for view in range(looks * mirrors):
+        for view in range(count * mirrors):
             scale = max(float(np.abs(fresh[:, view]).max()), 1e-6) * (1e-3 if amp is None else 3e-2)  # bf16: 8 bits
             if not np.allclose(array[rows, view], fresh[:, view], rtol=0, atol=scale):
                 return f"rows {rows.tolist()} differ from the frozen prefix's output (replaced?)"
         return None
 
     entry = cache_dir() / f"prefix-{key.hexdigest()[:24]}"
-    return cached_array(entry, (len(split.labels), looks * mirrors, *shape), np.float32, fill, verify)
+    return cached_array(entry, (len(split.labels), count * mirrors, *shape), np.float32, fill, verify)

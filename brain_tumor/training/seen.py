@@ -64,26 +64,33 @@ def save_index(path: Path, arrays: dict) -> None:
     atomic_write(path, write)
 
 
+def read_arrays(path: Path, names: tuple[str, ...], kind: str, what: str, fix: str) -> tuple:
+    """The named arrays of a file `save_index` wrote, and its `meta` (JSON), checked to be of `kind` with a
+    finite float threshold; one error line naming the file when it is not."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            arrays, meta = [saved[name] for name in names], json.loads(str(saved["meta"]))
+    except Exception as err:  # a damaged zip, a foreign file or a missing array fail in many ways: say which file
+        raise PipelineError(f"{path}: not {what} ({one_line(err)}); {fix}") from None
+    threshold = meta.get("threshold") if isinstance(meta, dict) else None
+    if not (isinstance(meta, dict) and meta.get("kind") == kind and isinstance(threshold, float)):
+        raise PipelineError(f"{path}: not {what} of this code (kind or threshold); {fix}")
+    if not math.isfinite(threshold) or not all(np.isfinite(a).all() for a in arrays if a.dtype.kind == "f"):
+        raise PipelineError(f"{path}: not {what} of this code (a value is not finite); {fix}")
+    return (*arrays, meta)
+
+
 def read_index(path: Path, split_manifest_sha256: str | None) -> SeenIndex:
     """The index beside a model, checked: what it is, its shapes and values, and (given the model's
     `split_manifest_sha256`) that it was made from the split the model was trained on."""
-    try:
-        with np.load(path, allow_pickle=False) as saved:
-            descriptors, sources, meta = saved["descriptors"], saved["sources"], json.loads(str(saved["meta"]))
-    except Exception as err:  # a damaged zip, a foreign file or a missing array fail in many ways: say which file
-        raise PipelineError(f"{path}: not a seen-index ({one_line(err)}); {RETRAIN}") from None
-    threshold = meta.get("threshold") if isinstance(meta, dict) else None
+    descriptors, sources, meta = read_arrays(path, ("descriptors", "sources"), KIND, "a seen-index", RETRAIN)
+    threshold = meta["threshold"]
     valid = (
-        isinstance(meta, dict)
-        and meta.get("kind") == KIND
-        and isinstance(threshold, float)
-        and math.isfinite(threshold)
-        and 0 < threshold <= 1
+        0 < threshold <= 1
         and descriptors.ndim == 2
         and descriptors.shape[1] == DIM
         and sources.shape == (len(descriptors),)
         and sources.dtype.kind == "U"
-        and np.isfinite(descriptors).all()
     )
     if not valid:
         raise PipelineError(f"{path}: not a seen-index of this code (kind, threshold or shapes); {RETRAIN}")

@@ -32,6 +32,7 @@ from brain_tumor.core import arrays as data_module
 from brain_tumor.core.arrays import (
     MEAN,
     STD,
+    SplitImages,
     code_fingerprint,
     load_split,
 )
@@ -44,7 +45,10 @@ from brain_tumor.core.params import Params, TrainParams, typed
 from brain_tumor.core.stage import publishing, signal_point
 from brain_tumor.training import batches as batches_code
 from brain_tumor.training import device as device_code
+from brain_tumor.training import domain as domain_code
 from brain_tumor.training import intensity as intensity_code
+from brain_tumor.training import lesions as lesions_code
+from brain_tumor.training import looks as looks_code
 from brain_tumor.training import loop as loop_code
 from brain_tumor.training import models as models_module
 from brain_tumor.training import prefix as prefix_code
@@ -52,9 +56,11 @@ from brain_tumor.training import resume as resume_code
 from brain_tumor.training.batches import acquisition_weights, image_batches
 from brain_tumor.training.checkpoint import save_checkpoint
 from brain_tumor.training.device import autocast_dtype, seed_everything, setup_device, world
-from brain_tumor.training.intensity import look_tables
+from brain_tumor.training.lesions import with_lesions
+from brain_tumor.training.looks import Looks
 from brain_tumor.training.loop import EpochStats, fit
 from brain_tumor.training.models import (
+    TransferNet,
     architecture,
     build_network,
     load_imagenet_backbone,
@@ -71,6 +77,9 @@ TRAINING_CODE = (
     resume_code,
     device_code,
     intensity_code,
+    domain_code,
+    looks_code,
+    lesions_code,
 )  # a resumed run must have run this very code
 
 
@@ -102,6 +111,40 @@ def run_fingerprint(cfg: TrainParams, manifest_sha256: str, cached: bool, device
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def read_training_splits(split_dir: Path, manifest, cfg: TrainParams) -> tuple[SplitImages, SplitImages, object]:
+    """The train split (with its lesioned copies, lesions.py) and its manifest rows, and the val split; both
+    checked to hold images of both classes."""
+    train_split = load_split(split_dir, "train", cfg.image_size, manifest)
+    val_split = load_split(split_dir, "val", cfg.image_size, manifest)
+    if not len(train_split.labels) or not len(val_split.labels):
+        raise PipelineError(f"{split_dir}: the train and val splits must both hold images")
+    for which, part in (("train", train_split), ("val", val_split)):
+        require_both_classes(part.labels, f"{split_dir}: the {which} split")
+    train_split, train_rows = with_lesions(
+        train_split, manifest.query("split == 'train'"), cfg.lesion_copies, cfg.seed + 5
+    )
+    return train_split, val_split, train_rows
+
+
+def epoch_batches(model, train_split, val_split, cfg: TrainParams, device, amp, feature_batch: int, feature_cache):
+    """What every epoch runs: (the module trained, train batches, val batches, whether the frozen prefix is
+    cached). With a frozen prefix it runs once per image, look and mirror, and the trainable part every
+    epoch (the same result); else the whole model on the images, their looks drawn as batches are built."""
+    looks = Looks(cfg.seed + 3, len(train_split.labels), cfg.intensity_looks, cfg.domain_looks)
+    if not (isinstance(model, TransferNet) and model.n_frozen > 0 and feature_cache is not False):
+        return (
+            model,
+            image_batches(train_split, device, cfg.augment, looks),
+            image_batches(val_split, device, False),
+            False,
+        )
+    mirrors = 2 if (cfg.augment or cfg.tta_flip) else 1
+    train_views = prefix_views(model, train_split, mirrors, feature_batch, device, amp, "prefix train", looks)
+    val_views = prefix_views(model, val_split, mirrors, feature_batch, device, amp, "prefix val")
+    train = prefix_batches(train_views, train_split.labels, device, cfg.augment, looks.count)
+    return PrefixViews(model), train, prefix_batches(val_views, val_split.labels, device, False), True
+
+
 def train_model(
     kind: str,
     params: Params | dict,
@@ -124,29 +167,12 @@ def train_model(
     seed_everything(cfg.seed)
     model = build_model(kind, cfg).to(device, memory_format=torch.channels_last)  # faster convolutions (oneDNN, cuDNN)
     manifest, manifest_sha256 = read_split_manifest(split_dir), file_sha256(split_dir / "split_manifest.csv")
-    train_split = load_split(split_dir, "train", cfg.image_size, manifest)
-    val_split = load_split(split_dir, "val", cfg.image_size, manifest)
-    if not len(train_split.labels) or not len(val_split.labels):
-        raise PipelineError(f"{split_dir}: the train and val splits must both hold images")
-    for which, part in (("train", train_split), ("val", val_split)):
-        require_both_classes(part.labels, f"{split_dir}: the {which} split")
-
-    looks = 1 + cfg.intensity_looks
-    tables = look_tables(cfg.seed + 3, len(train_split.labels), cfg.intensity_looks) if looks > 1 else None
-    cached = kind == "transfer" and model.n_frozen > 0 and feature_cache is not False
-    if cached:  # the frozen prefix once per image (look, mirror), the trainable part every epoch: same result
-        mirrors = 2 if (cfg.augment or cfg.tta_flip) else 1
-        trainable = PrefixViews(model)
-        train_views = prefix_views(model, train_split, mirrors, feature_batch, device, amp, "prefix train", tables)
-        train = prefix_batches(train_views, train_split.labels, device, cfg.augment, looks)
-        val_views = prefix_views(model, val_split, mirrors, feature_batch, device, amp, "prefix val")
-        val = prefix_batches(val_views, val_split.labels, device, False)
-    else:
-        trainable = model
-        train = image_batches(train_split, device, cfg.augment, tables)
-        val = image_batches(val_split, device, False)
+    train_split, val_split, train_rows = read_training_splits(split_dir, manifest, cfg)
+    trainable, train, val, cached = epoch_batches(
+        model, train_split, val_split, cfg, device, amp, feature_batch, feature_cache
+    )
     if cfg.balance_acquisition:
-        train.weights = acquisition_weights(train_split.labels, manifest.query("split == 'train'"))
+        train.weights = acquisition_weights(train_split.labels, train_rows)
 
     meta = architecture(kind, cfg) | {
         "classes": list(CLASSES),
