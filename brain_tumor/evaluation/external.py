@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from brain_tumor.core.contracts import DATASET_MANIFEST
-from brain_tumor.core.errors import PipelineError
+from brain_tumor.core.errors import PipelineError, one_line
 from brain_tumor.core.intervals import wilson_interval
 from brain_tumor.core.labels import CLASSES
 from brain_tumor.core.outputs import scratch_dir
@@ -104,7 +104,7 @@ def slice_table(labels_file: Path, sources: list[str]) -> pd.DataFrame:
         try:
             given = pd.read_csv(labels_file, dtype=str).rename(columns={"modality": "weighting"})
         except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-            raise PipelineError(f"{labels_file}: not a readable CSV ({exc})") from None
+            raise PipelineError(f"{labels_file}: not a readable CSV ({one_line(exc)})") from None
         if "file" in given.columns:
             given = given.drop_duplicates("file")[["file", *(c for c in SLICE_COLUMNS if c in given.columns)]]
             table = table.merge(given, on="file", how="left")
