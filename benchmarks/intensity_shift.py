@@ -27,13 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
 
 from brain_tumor.core.contracts import read_split_manifest
 from brain_tumor.core.intervals import wilson_interval
 from brain_tumor.core.resize import resize_rgb
 from brain_tumor.data.shortcuts import STATISTICS, fit_shortcut_models, statistics_table
-from brain_tumor.evaluation.metrics import p_tumor
+from brain_tumor.evaluation.metrics import mcnemar, p_tumor
 from brain_tumor.evaluation.predictions import predict_logits
 from brain_tumor.serving.inference import threshold_file
 from brain_tumor.training.checkpoint import load_trained
@@ -47,12 +46,6 @@ TRANSFORMS = {  # uint8 look-up tables
     "non-monotonic (mid-grey folded)": np.where(LEVELS < 0.5, LEVELS * 1.6, 0.8 - (LEVELS - 0.5) * 0.8),
     "inverted": 1 - LEVELS,
 }
-
-
-def mcnemar(right: np.ndarray, other: np.ndarray) -> tuple[int, int, float]:
-    """(only `right` right, only `other` right, exact two-sided p)."""
-    b, c = int((right & ~other).sum()), int((~right & other).sum())
-    return b, c, float(binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0
 
 
 def fraction(k: int, n: int) -> str:

@@ -24,7 +24,7 @@ import onnxruntime as ort
 import pandas as pd
 import torch
 
-from brain_tumor.core.arrays import MEAN, STD
+from brain_tumor.core.resize import MEAN, STD
 from brain_tumor.serving.export import export_onnx, normalise
 from brain_tumor.serving.predict import load_onnx, load_torch
 from brain_tumor.training.models import ScratchCNN, TransferNet

@@ -15,8 +15,9 @@ import numpy as np
 from PIL import Image
 
 from brain_tumor.core.contracts import read_split_manifest
+from brain_tumor.core.npz import save_arrays
 from brain_tumor.core.outputs import file_sha256
-from brain_tumor.training.seen import build_index, nearest_seen, read_index, save_index
+from brain_tumor.training.seen import build_index, nearest_seen, read_index
 
 
 def main() -> None:
@@ -30,7 +31,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.seen.npz"
         start = time.perf_counter()
-        save_index(path, build_index(args.split, manifest, sha, 0.95))
+        save_arrays(path, build_index(args.split, manifest, sha, 0.95))
         write_s = time.perf_counter() - start
         index = read_index(path, sha)
         size_mb = path.stat().st_size / 2**20

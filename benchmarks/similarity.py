@@ -2,11 +2,11 @@
 
 synthetic (default 100 000 vectors): clusters of near-copies among unrelated vectors, of the descriptor's
 dimension; prints the time of the neighbour search, of the grouping, and the groups found.
-real (default ../shared/data/brain-tumor-mri): ingest + split in a temporary folder; prints the descriptor
+real DATASET_DIR (a folder or .zip of class folders): ingest + split in a temporary folder; prints the descriptor
 and search times, groups, largest group, split fractions per class and residual-leakage counts.
 
 Usage: python benchmarks/similarity.py synthetic [N]
-       python benchmarks/similarity.py real [DATASET_DIR]
+       python benchmarks/similarity.py real DATASET_DIR
 """
 
 import sys
@@ -20,7 +20,6 @@ import pandas as pd
 from brain_tumor.core.params import load_params
 from brain_tumor.data import ingest, similarity, split
 
-DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-tumor-mri"
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
@@ -103,5 +102,7 @@ if __name__ == "__main__":
     mode = sys.argv[1] if len(sys.argv) > 1 else "synthetic"
     if mode == "synthetic":
         synthetic(int(sys.argv[2]) if len(sys.argv) > 2 else 100_000)
+    elif mode == "real" and len(sys.argv) > 2:
+        real(Path(sys.argv[2]))
     else:
-        real(Path(sys.argv[2]) if len(sys.argv) > 2 else DEFAULT)
+        sys.exit("usage: python benchmarks/similarity.py synthetic [N] | real DATASET_DIR")

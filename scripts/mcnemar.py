@@ -15,7 +15,8 @@ import argparse
 import sys
 
 import pandas as pd
-from scipy.stats import binomtest
+
+from brain_tumor.evaluation.metrics import mcnemar
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,8 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("error: the two files do not hold the same test images (runs on different splits?)")
     b = b.loc[a.index]
     right_a, right_b = a[args.column] == a["actual"], b[args.column] == b["actual"]
-    only_a, only_b = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
-    p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    only_a, only_b, p = mcnemar(right_a.to_numpy(), right_b.to_numpy())
     print(f"images: {len(a)}; accuracy A {right_a.mean():.4f}, B {right_b.mean():.4f} ({args.column})")
     print(f"A right, B wrong: {only_a}; B right, A wrong: {only_b}; McNemar exact two-sided p = {p:.3g}")
     return 0

@@ -7,6 +7,7 @@ import contextlib
 import csv
 import fcntl
 import io
+import json
 import os
 import re
 import shutil
@@ -216,11 +217,14 @@ STAGE_NAMES = {"ingest", "split", "train-scratch", "train-transfer", "evaluate",
 class Workspace:
     """A folder laid out as the project (params.yaml, data/raw/) with its own empty $TMPDIR."""
 
-    def __init__(self, root: Path, params: dict):
+    def __init__(self, root: Path, params: dict, split_dir: Path | None = None):
+        """`split_dir`: a split made beforehand, linked as data/split (for the training stages)."""
         self.root, self.params = root, params
-        self.tmpdir = root.parent / "tmpdir"
+        self.tmpdir = root.parent / f"{root.name}-tmpdir"
         for folder in (root / "data" / "raw", self.tmpdir):
             folder.mkdir(parents=True)
+        if split_dir is not None:
+            (root / "data" / "split").symlink_to(split_dir)
         self.write_params()
 
     def write_params(self) -> None:
@@ -245,8 +249,9 @@ class Workspace:
             start_new_session=True,
         )
 
-    def run(self, stage: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        proc = self.start(stage)
+    def run(self, stage: str, timeout: float = 600, **environment: str) -> subprocess.CompletedProcess:
+        """The stage script to its end; `timeout` is far above what it takes: a hang fails, a slow machine not."""
+        proc = self.start(stage, **environment)
         stdout, stderr = proc.communicate(timeout=timeout)
         return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
@@ -394,17 +399,41 @@ def build_tiny_models(base: Path, params: dict) -> None:
     from brain_tumor.training.checkpoint import load_trained
 
     params = params | {"train_transfer": params["train_transfer"] | {"image_size": 64}}
-    ingest.build_dataset(params, base / "raw", base / "dataset", base / "ingest.json")
-    split.split_dataset(params, base / "dataset", base / "split", base / "split.json", base / "people")
+    reads: dict[str, set[str]] = {}  # per stage, the params its entry point read (tests/test_dvc_yaml.py)
+
+    def params_of(stage: str):
+        return recording(typed(params), reads.setdefault(stage, set()))
+
+    ingest.build_dataset(params_of("ingest"), base / "raw", base / "dataset", base / "ingest.json")
+    split.split_dataset(params_of("split"), base / "dataset", base / "split", base / "split.json", base / "people")
     for kind, threshold in THRESHOLDS.items():
         model = base / "models" / f"{kind}.pt"
-        train.train_model(kind, params, base / "split", model, base / "live" / kind)
+        train.train_model(kind, params_of(f"train-{kind}"), base / "split", model, base / "live" / kind)
         point = threshold_point(threshold=threshold, model_sha256=None)
         write_threshold(model, point, file_sha256(model))
         network, meta = load_trained(model, expect_kind=kind)
         val = load_split(base / "split", "val", meta["image_size"])
         fit_novelty(network, model, base / "split", None, val.images, typed(params).evaluate)
     export_models({kind: base / "models" / f"{kind}.pt" for kind in THRESHOLDS})
+    (base / "params_read.json").write_text(json.dumps({stage: sorted(keys) for stage, keys in reads.items()}))
+
+
+def recording(section, read: set[str], prefix: str = ""):
+    """Typed params (or one section) that note in `read` each key the code reads ("split.seed"): the same
+    frozen dataclasses, subclassed, so the code under test cannot tell."""
+    import dataclasses
+
+    values = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+    values = {k: recording(v, read, f"{prefix}{k}.") if dataclasses.is_dataclass(v) else v for k, v in values.items()}
+    leaves = {k for k, v in values.items() if not dataclasses.is_dataclass(v)}
+
+    class Recorded(type(section)):
+        def __getattribute__(self, name: str):
+            if name in leaves:
+                read.add(prefix + name)
+            return super().__getattribute__(name)
+
+    return Recorded(**values)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """dvc.yaml says what each stage really depends on: its code deps equal its imports, its params its reads."""
 
 import ast
+import json
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,21 @@ def test_no_module_of_the_package_imports_one_that_imports_it_back():
         if node not in done:
             visit(node, [node])
     assert not circles, [" -> ".join(c) for c in circles]
+
+
+def test_each_stage_lists_exactly_the_params_it_reads(tiny):
+    """The stages' entry points ran on recording params (conftest `build_tiny_models`): every key a stage
+    read is in its `params:` in dvc.yaml (else changing it would not re-run the stage), and every entry there
+    is read (else changing it would re-run the stage for nothing). Evaluate runs only as a subprocess in the
+    e2e tests, so its list is checked there by what it re-runs, not here."""
+    reads = json.loads((tiny / "params_read.json").read_text())
+    assert set(reads) == {"ingest", "split", "train-scratch", "train-transfer"}
+    for stage, keys in reads.items():
+        listed = STAGES[stage]["params"]
+        assert [key for key in keys if not any(covers(entry, key) for entry in listed)] == [], stage
+        assert [entry for entry in listed if not any(covers(entry, key) for key in keys)] == [], stage
+
+
+def covers(entry: str, key: str) -> bool:
+    """A dvc.yaml params entry (a section, a key, or a nested key) covers the key itself and all below it."""
+    return key == entry or key.startswith(f"{entry}.")

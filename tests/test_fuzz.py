@@ -8,6 +8,7 @@ with a known reason) or a complete result; never another exception, a traceback,
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import PROJECT, SOURCE_SHA256, model_record, threshold_point, tiny_onnx
 from hypothesis import HealthCheck, example, given, settings
@@ -45,6 +47,23 @@ def one_line(err: BaseException, *names: str) -> None:
     text = str(err)
     assert text and "\n" not in text and "Traceback" not in text, text
     assert any(name in text for name in names), text
+
+
+def round_trips(params, path: Path) -> None:
+    """Loaded params are complete and typed: written back as YAML and read again, they are the same."""
+    as_yaml = json.loads(json.dumps(dataclasses.asdict(params)))  # tuples -> lists, as YAML holds them
+    again = path.with_name("again.yaml")
+    again.write_text(yaml.safe_dump(as_yaml))
+    assert load_params(again) == params
+
+
+def usable_model(model, meta: dict) -> None:
+    """A model file that loads gives a model that classifies an image of the size its record states."""
+    size = meta["image_size"]
+    with torch.inference_mode():
+        logits = model.eval()(torch.zeros(1, 3, size, size))
+    assert logits.shape == (1, 2) and torch.isfinite(logits).all()
+    assert meta["kind"] in ("scratch", "transfer") and 0 <= meta["val_accuracy"] <= 1
 
 
 # ---------------------------------------------------------------- params.yaml
@@ -79,9 +98,11 @@ def test_any_yaml_document_is_params_or_one_line_naming_the_file(tmp_path, docum
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(document))
     try:
-        load_params(path)
+        params = load_params(path)
     except PipelineError as err:
         one_line(err, str(path))
+    else:
+        round_trips(params, path)
 
 
 @FILES
@@ -90,9 +111,14 @@ def test_one_bad_value_in_real_params_names_its_key(tmp_path, leaf, value):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(mutated_params(value, leaf)))
     try:
-        load_params(path)
+        params = load_params(path)
     except PipelineError as err:
         one_line(err, f"{leaf[0]}.{leaf[1]}", leaf[1], str(path))
+    else:  # the value was taken as given (a number spelled as text becomes that number)
+        got = getattr(getattr(params, leaf[0]), leaf[1])
+        given = tuple(value) if isinstance(value, list) else value
+        assert got == given or (isinstance(value, str) and got == float(value)), (leaf, value, got)
+        round_trips(params, path)
 
 
 @FILES
@@ -101,9 +127,11 @@ def test_any_text_as_params_is_params_or_one_line(tmp_path, text):
     path = tmp_path / "params.yaml"
     path.write_text(text)
     try:
-        load_params(path)
+        params = load_params(path)
     except PipelineError as err:
         one_line(err, str(path))
+    else:
+        round_trips(params, path)
 
 
 # ---------------------------------------------------------------- scans
@@ -214,8 +242,11 @@ def test_any_archive_extracts_inside_its_target_or_is_one_line(tmp_path, entries
         refused = safe_extract(archive, target, 10_000)
     except PipelineError as err:
         one_line(err, str(archive))
-    else:
+    else:  # every file written is an entry's bytes; what was not written is refused with a reason
         assert all(r.reason for r in refused)
+        written = [p.read_bytes() for p in target.rglob("*") if p.is_file()]
+        given = [d for _, d in entries] + ([b"PK\x05\x06" + bytes(18)] if nested else [])
+        assert all(data in given for data in written)
     outside = [p for p in work.rglob("*") if p.is_file() and p != archive and target not in p.parents]
     assert outside == []
 
@@ -232,9 +263,11 @@ def test_a_mutated_model_record_loads_or_is_one_line(tmp_path, key, value):
     path = tmp_path / "scratch.pt"
     save_checkpoint({"state_dict": STATE, "meta": model_record("scratch", 32) | {key: value}}, path)
     try:
-        load_trained(path)
+        model, meta = load_trained(path)
     except PipelineError as err:
         one_line(err, str(path))
+    else:
+        usable_model(model, meta)
 
 
 STATE = ScratchCNN(32).state_dict()
@@ -250,9 +283,11 @@ def test_mutated_model_bytes_load_or_are_one_line(tmp_path, cut, flips):
         data[min(int(where * len(data)), len(data) - 1)] = byte
     path.write_bytes(bytes(data[: max(1, int(cut * len(data)))]) if cut < 1 else bytes(data))
     try:
-        load_trained(path)
+        model, meta = load_trained(path)
     except PipelineError as err:
         one_line(err, str(path))
+    else:
+        usable_model(model, meta)
 
 
 @FILES
@@ -278,9 +313,13 @@ def test_mutated_onnx_metadata_is_checked_or_one_line(tmp_path, key, value):
     path = tiny_onnx(tmp_path / "transfer.onnx", **{key: value})
     session, meta = onnx_session(path, threads=1)
     try:
-        check_onnx_contract(session, meta, path)
+        contract = check_onnx_contract(session, meta, path)
     except PipelineError as err:
         one_line(err, str(path))
+    else:  # what the file promises is usable: a size, three channels, a positive spread, a probability
+        assert contract.image_size >= 1 and len(contract.mean) == len(contract.std) == 3
+        assert all(math.isfinite(m) for m in contract.mean) and all(0 < s < math.inf for s in contract.std)
+        assert contract.threshold is None or 0 <= contract.threshold <= 1
 
 
 # ---------------------------------------------------------------- brain-tumor predict arguments

@@ -15,6 +15,7 @@ from PIL import Image
 
 from brain_tumor.core.errors import PipelineError
 from brain_tumor.core.outputs import read_table
+from brain_tumor.core.params import typed
 from brain_tumor.data import ingest, sources
 
 LABELS = {
@@ -304,7 +305,7 @@ def test_a_windows_zip_with_two_tables_in_cp1252_and_decomposed_names_is_read_wh
         zf.writestr("Brain Tumor\\labels.csv", label_table(rows[:7], "cp1252"))
         zf.writestr("Brain Tumor\\more labels.csv", label_table(rows[6:]))  # UTF-8; row 6 again
     tiny_params["data"]["source"] = str(archive)
-    report = ingest.build_dataset(tiny_params, raw, tmp_path / "dataset", tmp_path / "ingest.json")
+    report = ingest.build_dataset(typed(tiny_params), raw, tmp_path / "dataset", tmp_path / "ingest.json")
     assert report["accepted"] == 12 and report["rejected"] == 0
     manifest = read_table(tmp_path / "dataset" / "manifest.csv")
     classes = {unicodedata.normalize("NFC", Path(s).stem): c for s, c in zip(manifest["source"], manifest["class"])}

@@ -11,6 +11,7 @@ import yaml
 from conftest import make_tiny_params
 
 from brain_tumor.core.errors import PipelineError
+from brain_tumor.core.params import typed
 from brain_tumor.evaluation import evaluate as ev
 from brain_tumor.evaluation.model_card import ModelFile, training_params
 
@@ -71,7 +72,7 @@ def written(tmp_path):
     params = make_tiny_params()
     params["evaluate"]["bootstrap_samples"] = 200
     card = tmp_path / "reports" / "model_card.md"
-    metrics = ev.write_reports(params, rows, runs, tmp_path / "metrics", tmp_path / "reports" / "evaluate", card)
+    metrics = ev.write_reports(typed(params), rows, runs, tmp_path / "metrics", tmp_path / "reports" / "evaluate", card)
     return card.read_text(), tmp_path / "metrics", runs, metrics
 
 
@@ -166,7 +167,8 @@ def test_card_is_the_same_bytes_on_a_rerun(written, tmp_path):
     params = make_tiny_params()
     params["evaluate"]["bootstrap_samples"] = 200
     card = tmp_path / "reports" / "model_card.md"
-    ev.write_reports(params, manifest(np.random.default_rng(0)), runs, metrics_dir, card.parent / "evaluate", card)
+    rows = manifest(np.random.default_rng(0))
+    ev.write_reports(typed(params), rows, runs, metrics_dir, card.parent / "evaluate", card)
     assert card.read_text() == text
 
 

@@ -191,11 +191,15 @@ def test_the_typed_params_carry_every_key_and_the_schema_defaults():
 
     params = typed(PARAMS)
     assert isinstance(params, Params)
+
+    def frozen(values: dict) -> dict:  # lists arrive as tuples, nested sections as dataclasses
+        return {
+            k: frozen(v) if isinstance(v, dict) else tuple(v) if isinstance(v, list) else v for k, v in values.items()
+        }
+
     for section, values in PARAMS.items():
-        got = dataclasses.asdict(getattr(params, section))
-        assert got == {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()} | {
-            k: got[k] for k in values if isinstance(values[k], dict)
-        }, section
+        assert dataclasses.asdict(getattr(params, section)) == frozen(values), section
+    assert params.data.synthetic.n_images == PARAMS["data"]["synthetic"]["n_images"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         params.split.seed = 1  # type: ignore[misc]
     trimmed = copy.deepcopy(PARAMS)

@@ -147,7 +147,8 @@ def test_overlay_has_the_image_size_and_a_heat_map_that_is_not_constant(tiny, ki
     assert np.max(spread) > 0.5
     assert all(p.grad is None for p in model.network.parameters())  # nothing left behind in the model
     wide = np.asarray(Image.fromarray(images[0]).resize((70, 50)))
-    picture = explain.overlay(model.network, wide, model.image_size)
+    heat = explain.heatmaps(model.network, model_input([wide], model.image_size, model.mean, model.std), [1])
+    picture = explain.blend(wide, heat[0])
     assert picture.shape == (50, 70, 3) and picture.dtype == np.uint8
     assert np.abs(picture.astype(int) - wide).mean() > 5  # the heat map's colours are really laid over the scan
 

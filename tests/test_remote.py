@@ -9,15 +9,12 @@
 
 import json
 import shutil
-import socket
-import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import copy_of, executed_stages, make_tiny_params, sh, venv_env
+from conftest import copy_of, executed_stages, make_tiny_params, sh
 
 pytestmark = pytest.mark.e2e  # one xdist worker runs this module (conftest.ONE_WORKER)
 # The param the scenarios change: evaluate's seed (the bootstrap intervals), so that a change re-runs one
@@ -28,36 +25,22 @@ OTHER_SEED, NEW_SEED = 1, 2
 REMOTES = ("local", "s3")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint():
-    """moto's S3 server on loopback, with one bucket; stopped at the end of the session."""
-    port = free_port()
-    server = subprocess.Popen(
-        ["moto_server", "-H", "127.0.0.1", "-p", str(port)],
-        env=venv_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
+    """moto's S3 server on a loopback port the OS chose (no race for a free port), with one bucket; stopped at
+    the end of the session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
     try:
-        for _ in range(3000):  # polls until the server answers (a loaded machine is just slower)
-            try:
-                urllib.request.urlopen(endpoint, timeout=5)
-                break
-            except OSError:
-                time.sleep(0.1)
         request = urllib.request.Request(f"{endpoint}/dvc-test", method="PUT")  # create the bucket
         urllib.request.urlopen(request, timeout=30)
         yield endpoint
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop()
 
 
 def set_seed(repo: Path, seed: int) -> None:
@@ -66,11 +49,9 @@ def set_seed(repo: Path, seed: int) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def test_metrics(repo: Path) -> dict:
+def split_figures(repo: Path) -> dict:
+    """metrics/test/*.json of a repository: the evaluate stage's test-split figures."""
     return {p.name: json.loads(p.read_text()) for p in sorted((repo / "metrics" / "test").glob("*.json"))}
-
-
-test_metrics.__test__ = False  # a helper, not a test
 
 
 def ci(repo: Path, check: bool = True, **env: str) -> tuple[set[str], str]:
@@ -97,12 +78,12 @@ def origin(baseline_repo, tmp_path_factory, s3_endpoint):
         ("region", "us-east-1"),
     ):
         sh(["dvc", "remote", "modify", "s3", option, value], repo)
-    results = {BASELINE_SEED: test_metrics(repo)}
+    results = {BASELINE_SEED: split_figures(repo)}
     for remote in REMOTES:
         sh(["dvc", "push", "--run-cache", "-r", remote], repo)
     set_seed(repo, OTHER_SEED)
     sh(["dvc", "repro"], repo)
-    results[OTHER_SEED] = test_metrics(repo)
+    results[OTHER_SEED] = split_figures(repo)
     for remote in REMOTES:
         sh(["dvc", "push", "--run-cache", "-r", remote], repo)
     sh(["git", "checkout", "params.yaml", "dvc.lock"], repo)  # back to the baseline, which is committed
@@ -124,7 +105,7 @@ def clone(origin, tmp_path, request):
 def test_committed_lock_restores_everything_and_says_so(clone, origin):
     executed, summary = ci(clone)
     assert executed == set()
-    assert test_metrics(clone) == origin[1][BASELINE_SEED]
+    assert split_figures(clone) == origin[1][BASELINE_SEED]
     assert "| train-transfer | restored or unchanged |" in summary
     assert "| metrics/test/accuracy.json | transfer |" in summary  # the table, rows in a stable order
 
@@ -133,7 +114,7 @@ def test_committed_lock_restores_everything_and_says_so(clone, origin):
 def test_without_lock_the_run_cache_restores_everything(clone, origin):
     (clone / "dvc.lock").unlink()
     assert ci(clone)[0] == set()
-    assert test_metrics(clone) == origin[1][BASELINE_SEED]
+    assert split_figures(clone) == origin[1][BASELINE_SEED]
 
 
 @pytest.mark.parametrize("clone", ["s3"], indirect=True)
@@ -141,11 +122,11 @@ def test_param_changed_and_back_is_restored_and_a_new_one_runs_its_stages(clone,
     set_seed(clone, OTHER_SEED)  # run in origin and pushed, not committed
     executed, summary = ci(clone)
     assert executed == set(), summary
-    assert test_metrics(clone) == origin[1][OTHER_SEED]
+    assert split_figures(clone) == origin[1][OTHER_SEED]
     set_seed(clone, BASELINE_SEED)
     executed, summary = ci(clone)
     assert executed == set(), summary
-    assert test_metrics(clone) == origin[1][BASELINE_SEED]
+    assert split_figures(clone) == origin[1][BASELINE_SEED]
     set_seed(clone, NEW_SEED)
     executed, summary = ci(clone)
     assert executed == {"evaluate"}  # every other stage restored

@@ -11,6 +11,7 @@ import pytest
 from conftest import make_tiny_params
 from PIL import Image, ImageFilter, ImageOps
 
+from brain_tumor.core.params import typed
 from brain_tumor.data import similarity as sim
 from brain_tumor.data.ingest import ingest_folder
 from brain_tumor.data.split import split_dataset
@@ -154,7 +155,7 @@ def planted_dataset(tmp_path: Path) -> Path:
 def run_split(dataset: Path, tmp_path: Path, **split_params) -> tuple[dict, pd.DataFrame]:
     params = make_tiny_params()
     params["split"] = {"seed": 42, "train": 0.6, "val": 0.2, "test": 0.2, "group_duplicates": True} | split_params
-    report = split_dataset(params, dataset, tmp_path / "split", tmp_path / "split.json", tmp_path / "people")
+    report = split_dataset(typed(params), dataset, tmp_path / "split", tmp_path / "split.json", tmp_path / "people")
     assert json.loads((tmp_path / "split.json").read_text()) == report
     return report, pd.read_csv(tmp_path / "split" / "split_manifest.csv")
 

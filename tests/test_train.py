@@ -1,4 +1,3 @@
-import os
 import re
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import yaml
-from conftest import PROJECT, venv_env
+from conftest import PROJECT, Workspace, venv_env
 from torch import nn
 
 from brain_tumor.core.arrays import load_split
@@ -24,9 +23,9 @@ from brain_tumor.training.models import GlobalDropout, seed_dropout, sync_batchn
 def split_dir(tmp_path, tiny_params, monkeypatch):
     """A real (tiny, synthetic) split made by the ingest and split stages' code."""
     monkeypatch.setenv("BRAIN_TUMOR_CACHE", str(tmp_path / "cache"))
-    ingest.build_dataset(tiny_params, tmp_path / "raw", tmp_path / "dataset", tmp_path / "ingest.json")
+    ingest.build_dataset(typed(tiny_params), tmp_path / "raw", tmp_path / "dataset", tmp_path / "ingest.json")
     split.split_dataset(
-        tiny_params, tmp_path / "dataset", tmp_path / "split", tmp_path / "split.json", tmp_path / "people"
+        typed(tiny_params), tmp_path / "dataset", tmp_path / "split", tmp_path / "split.json", tmp_path / "people"
     )
     return tmp_path / "split"
 
@@ -92,7 +91,7 @@ def test_the_prefix_cache_is_keyed_by_batch_size(split_dir, tiny_params, tmp_pat
 
 
 def trained_state(kind, params, split_dir, out: Path, **kw) -> dict:
-    train.train_model(kind, params, split_dir, out / "model.pt", out / "live", **kw)
+    train.train_model(kind, typed(params), split_dir, out / "model.pt", out / "live", **kw)
     return torch.load(out / "model.pt", weights_only=True)
 
 
@@ -187,25 +186,25 @@ def test_two_gloo_processes_match_one_process(split_dir, tiny_params, tmp_path, 
     stage = f"train_{kind}"
     params = tiny_params | {stage: tiny_params[stage] | {"batch_size": 7} | changes}
     one = trained_state(kind, params, split_dir, tmp_path / "one")["state_dict"]
-    work = workspace(tmp_path / "ddp", split_dir, params)
+    work = Workspace(tmp_path / "ddp", params, split_dir)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     result = subprocess.run(
         launcher + [str(PROJECT / "stages" / f"{stage}.py")],
-        cwd=work,
+        cwd=work.root,
         env=venv_env(),
         capture_output=True,
         text=True,
         timeout=600,  # far above the seconds this takes: a hang fails, a slow machine does not
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    two = torch.load(work / "models" / f"{kind}.pt", weights_only=True)["state_dict"]
+    two = torch.load(work.root / "models" / f"{kind}.pt", weights_only=True)["state_dict"]
     for name, value in one.items():
         torch.testing.assert_close(two[name], value, rtol=1e-3, atol=1e-5, msg=name)
 
 
-def _sync_batchnorm_rank(rank: int, port: int, out: Path) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+def _sync_batchnorm_rank(rank: int, out: Path) -> None:
+    rendezvous = f"file://{out.parent / 'rendezvous'}"  # a file, not a port: nothing to race for
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=2)
     torch.manual_seed(0)
     x, y = torch.randn(7, 3, 6, 6, dtype=torch.float64), torch.randint(0, 2, (7,))
 
@@ -237,33 +236,18 @@ def _sync_batchnorm_rank(rank: int, port: int, out: Path) -> None:
 def test_sync_batchnorm_and_dropout_give_the_single_process_gradients(tmp_path):
     """In float64, 2 DDP ranks (batch split 4 + 3) compute exactly the single-process gradients and statistics."""
     out = tmp_path / "grads.pt"
-    torch.multiprocessing.spawn(_sync_batchnorm_rank, args=(29500 + os.getpid() % 1000, out), nprocs=2)
+    torch.multiprocessing.spawn(_sync_batchnorm_rank, args=(out,), nprocs=2)
     saved = torch.load(out, weights_only=True)
     assert saved["one"].keys() == saved["ddp"].keys()
     for name, value in saved["one"].items():
         torch.testing.assert_close(saved["ddp"][name].double(), value.double(), rtol=1e-10, atol=1e-12, msg=name)
 
 
-def run_stage_script(work: Path, stage: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(PROJECT / "stages" / f"{stage}.py")],
-        cwd=work,
-        env=venv_env() | env,
-        capture_output=True,
-        text=True,
-        timeout=600,  # far above the few seconds this takes: a hang fails, a slow machine does not
-    )
-
-
-def workspace(root: Path, split_dir: Path, params: dict) -> Path:
-    (root / "data").mkdir(parents=True)
-    (root / "data" / "split").symlink_to(split_dir)
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    return root
-
-
-def tree_bytes(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+def tree_bytes(path: Path) -> dict[str, bytes]:
+    """Every file's bytes under a folder (or the one file), by relative path."""
+    if path.is_file():
+        return {path.name: path.read_bytes()}
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.slow
@@ -273,36 +257,36 @@ def test_killed_training_resumes_to_the_uninterrupted_result(split_dir, tiny_par
     ends byte-identical to an uninterrupted run: the model and every DVCLive file."""
     changes = {"epochs": 3, "unfreeze_last": 1, "augment": True, "lr_schedule": "cosine", "label_smoothing": 0.1}
     params = tiny_params | {"train_transfer": tiny_params["train_transfer"] | changes}
-    whole = workspace(tmp_path / "whole", split_dir, params)
-    assert run_stage_script(whole, "train_transfer").returncode == 0
-    killed = workspace(tmp_path / "killed", split_dir, params)
-    first = run_stage_script(killed, "train_transfer", BRAIN_TUMOR_KILL_AFTER_EPOCH="1:TERM")
+    whole = Workspace(tmp_path / "whole", params, split_dir)
+    assert whole.run("train_transfer").returncode == 0
+    killed = Workspace(tmp_path / "killed", params, split_dir)
+    first = killed.run("train_transfer", BRAIN_TUMOR_KILL_AFTER_EPOCH="1:TERM")
     assert first.returncode == 143 and "Traceback" not in first.stderr, first.stderr
-    assert not (killed / "models" / "transfer.pt").exists()  # nothing that looks finished
-    assert not (killed / "metrics" / "train_transfer").exists()
-    assert (killed / "models" / "transfer.resume.pt").is_file()  # the state to resume from
-    second = run_stage_script(killed, "train_transfer", BRAIN_TUMOR_KILL_AFTER_EPOCH="2")
+    assert not (killed.root / "models" / "transfer.pt").exists()  # nothing that looks finished
+    assert not (killed.root / "metrics" / "train_transfer").exists()
+    assert (killed.root / "models" / "transfer.resume.pt").is_file()  # the state to resume from
+    second = killed.run("train_transfer", BRAIN_TUMOR_KILL_AFTER_EPOCH="2")
     assert second.returncode == -9 and "resuming after epoch 1/3" in second.stdout, second.stderr
-    again = run_stage_script(killed, "train_transfer")
+    again = killed.run("train_transfer")
     assert again.returncode == 0, again.stderr
     resumed = re.search(r"resuming after epoch (\d)/3", again.stdout)  # 2 if epoch 2's state was written
     assert resumed and again.stdout.count("logged again") == int(resumed[1])
     assert "transfer epoch  3/3" in again.stdout
-    assert (killed / "models" / "transfer.pt").read_bytes() == (whole / "models" / "transfer.pt").read_bytes()
-    assert tree_bytes(killed / "metrics" / "train_transfer") == tree_bytes(whole / "metrics" / "train_transfer")
-    assert not (killed / "models" / "transfer.resume.pt").exists()  # a finished run removes its state
-    leftovers = [p.name for p in (killed / "metrics").iterdir() if p.name.startswith(".tmp-")]
+    for output in ("models/transfer.pt", "metrics/train_transfer"):
+        assert tree_bytes(killed.root / output) == tree_bytes(whole.root / output), output
+    assert not (killed.root / "models" / "transfer.resume.pt").exists()  # a finished run removes its state
+    leftovers = [p.name for p in (killed.root / "metrics").iterdir() if p.name.startswith(".tmp-")]
     assert leftovers == []
 
 
 @pytest.mark.slow
 def test_resume_state_of_other_params_is_not_used(split_dir, tiny_params, tmp_path):
     params = tiny_params | {"train_transfer": tiny_params["train_transfer"] | {"epochs": 3}}
-    work = workspace(tmp_path / "w", split_dir, params)
-    run_stage_script(work, "train_transfer", BRAIN_TUMOR_KILL_AFTER_EPOCH="1")
+    work = Workspace(tmp_path / "w", params, split_dir)
+    work.run("train_transfer", BRAIN_TUMOR_KILL_AFTER_EPOCH="1")
     changed = params | {"train_transfer": params["train_transfer"] | {"lr": 0.001}}
-    (work / "params.yaml").write_text(yaml.safe_dump(changed))
-    again = run_stage_script(work, "train_transfer")
+    (work.root / "params.yaml").write_text(yaml.safe_dump(changed))
+    again = work.run("train_transfer")
     assert again.returncode == 0 and "resuming" not in again.stdout
     assert "from another run" in again.stdout
 
@@ -329,34 +313,35 @@ def test_a_stop_signal_while_outputs_are_put_in_place_ends_as_a_success_and_one_
 
     from brain_tumor.training.checkpoint import load_trained
 
-    work = workspace(tmp_path / "late", split_dir, tiny_params)
-    late = run_stage_script(work, "train_scratch", BRAIN_TUMOR_SIGTERM_AT="publishing")
+    work = Workspace(tmp_path / "late", tiny_params, split_dir)
+    late = work.run("train_scratch", BRAIN_TUMOR_SIGTERM_AT="publishing")
     assert late.returncode == 0 and "SIGTERM arrived while the finished outputs" in late.stderr, late.stderr
-    _, meta = load_trained(work / "models" / "scratch.pt")
-    summary = json.loads((work / "metrics" / "train_scratch" / "metrics.json").read_text())
+    _, meta = load_trained(work.root / "models" / "scratch.pt")
+    summary = json.loads((work.root / "metrics" / "train_scratch" / "metrics.json").read_text())
     assert summary["best"]["epoch"] == meta["epoch"] and summary["best"]["val_loss"] == meta["val_loss"]
-    assert (work / "models" / "scratch.seen.npz").is_file() and not (work / "models" / "scratch.resume.pt").exists()
-    assert not list(work.rglob(".tmp-*"))
+    models = work.root / "models"
+    assert (models / "scratch.seen.npz").is_file() and not (models / "scratch.resume.pt").exists()
+    assert not list(work.root.rglob(".tmp-*"))
 
-    work = workspace(tmp_path / "early", split_dir, tiny_params)
+    work = Workspace(tmp_path / "early", tiny_params, split_dir)
     epochs = tiny_params["train_scratch"]["epochs"]
-    early = run_stage_script(work, "train_scratch", BRAIN_TUMOR_KILL_AFTER_EPOCH=f"{epochs}:TERM")
+    early = work.run("train_scratch", BRAIN_TUMOR_KILL_AFTER_EPOCH=f"{epochs}:TERM")
     assert early.returncode == 143 and early.stderr.strip().endswith("stopped by SIGTERM; partial outputs removed")
-    outputs = sorted(p.name for p in (work / "models").iterdir() if not p.name.startswith("."))
+    outputs = sorted(p.name for p in (work.root / "models").iterdir() if not p.name.startswith("."))
     assert outputs == ["scratch.resume.pt"]  # no output, only the state a re-run resumes from
-    assert not (work / "metrics" / "train_scratch").exists() and not list(work.rglob(".tmp-*"))
+    assert not (work.root / "metrics" / "train_scratch").exists() and not list(work.root.rglob(".tmp-*"))
 
 
 @pytest.mark.slow
 def test_the_training_stage_rebuilds_a_forged_cache_and_writes_the_same_model(split_dir, tiny_params, tmp_path):
     """Through the stage script: the decoded images of the train split inverted, checksum and all; the next
     run says so in one warning line, rebuilds the entry and writes the model byte for byte as before."""
-    work = workspace(tmp_path / "work", split_dir, tiny_params)
-    assert run_stage_script(work, "train_scratch").returncode == 0
-    first = (work / "models" / "scratch.pt").read_bytes()
+    work = Workspace(tmp_path / "work", tiny_params, split_dir)
+    assert work.run("train_scratch").returncode == 0
+    first = (work.root / "models" / "scratch.pt").read_bytes()
     entry = next((tmp_path / "cache").glob("train-*"))
     forge(entry, lambda a: a.__setitem__(..., 255 - a))
-    again = run_stage_script(work, "train_scratch")
+    again = work.run("train_scratch")
     assert again.returncode == 0, again.stderr
     assert f"warning: cache {entry}: row" in again.stderr and "rebuilding it" in again.stderr
-    assert (work / "models" / "scratch.pt").read_bytes() == first
+    assert (work.root / "models" / "scratch.pt").read_bytes() == first

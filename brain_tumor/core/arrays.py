@@ -26,13 +26,12 @@ from brain_tumor.core.console import progress
 from brain_tumor.core.contracts import read_split_manifest
 from brain_tumor.core.errors import one_line, warn
 from brain_tumor.core.outputs import cache_dir, file_sha256, temporary_dir, write_json
-from brain_tumor.core.resize import resize_rgb
+from brain_tumor.core.resize import resize_rgb, standardise
 from brain_tumor.core.stage import worker_pool
 
 if TYPE_CHECKING:
     import pandas as pd
 
-MEAN = STD = (0.5, 0.5, 0.5)  # the seed's Normalize((0.5,)*3, (0.5,)*3)
 CACHE_FORMAT = "v4"  # a folder per entry: array.npy + meta.json (with the entry's key)
 LIBRARIES = ("torch", "torchvision", "pillow", "numpy")
 
@@ -183,9 +182,7 @@ def to_input(batch: np.ndarray, device: torch.device) -> torch.Tensor:
     x = torch.from_numpy(np.require(batch, requirements=["C", "W"]))
     if device.type == "cuda":
         x = x.pin_memory().to(device, non_blocking=True)
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)
-    x = (x - torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)) / torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-    return x.contiguous(memory_format=torch.channels_last)
+    return standardise(x.permute(0, 3, 1, 2).float()).contiguous(memory_format=torch.channels_last)
 
 
 def batch_indices(

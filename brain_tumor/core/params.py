@@ -228,8 +228,8 @@ class DataParams:
     non_tumor_folders: tuple[str, ...] = spec(TextList())
     near_duplicate_distance: int = spec(Int(-1, 64))
     max_reject_fraction: float = spec(Float(0, 1))
-    max_archive_mb: int = spec(Int(low=1))
-    max_image_pixels: int = spec(Int(low=1))
+    max_archive_mb: int = spec(Int(low=1, default=4096))
+    max_image_pixels: int = spec(Int(low=1, default=100_000_000))
 
 
 @dataclass(frozen=True)

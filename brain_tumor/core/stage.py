@@ -34,22 +34,6 @@ CAUSES = {  # errno -> what to tell the user
 }
 
 
-def pause_point(stage: str, done: int) -> None:
-    """Fault injection for the interruption tests: BRAIN_TUMOR_PAUSE_AFTER=<stage>:<n> makes `stage` say
-    `paused: <stage> after <n> items` on stderr once it has finished n items, then wait for a signal, so a
-    test kills it at a known point mid-run by reading that line, not by polling the file system."""
-    if os.environ.get("BRAIN_TUMOR_PAUSE_AFTER") == f"{stage}:{done}":
-        print(f"paused: {stage} after {done} items", file=sys.stderr, flush=True)
-        signal.pause()
-
-
-def signal_point(where: str) -> None:
-    """Fault injection for the signal tests: BRAIN_TUMOR_SIGTERM_AT=<where> makes the process send itself
-    SIGTERM at that point, as a `kill` arriving at that very moment would."""
-    if os.environ.get("BRAIN_TUMOR_SIGTERM_AT") == where:
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 @contextlib.contextmanager
 def publishing() -> Iterator[None]:
     """Put a stage's finished outputs in place as one step with respect to SIGTERM and Ctrl-C: a signal that

@@ -28,9 +28,10 @@ from brain_tumor.core.errors import PipelineError, one_line
 from brain_tumor.data.images import RejectedFile, decode_scan, perceptual_hash, pixel_sha256, save_png
 from brain_tumor.core.labels import CLASSES, require_both_classes
 from brain_tumor.core.outputs import atomic_dir, atomic_write, scratch_dir, write_json, write_table
-from brain_tumor.core.params import DataParams, Params, typed
+from brain_tumor.core.params import DataParams, Params
 from brain_tumor.data.sources import Item, is_system_file, safe_extract, scan_files
-from brain_tumor.core.stage import pause_point, worker_pool
+from brain_tumor.core.faults import pause_point
+from brain_tumor.core.stage import worker_pool
 
 
 @dataclass
@@ -307,6 +308,45 @@ def ingest_settings(data: DataParams) -> dict:
     }
 
 
+def mark_duplicates(decoded: pd.DataFrame, near_duplicate_distance: int, image_dir: Path) -> tuple[pd.DataFrame, object]:
+    """Each decoded file's status (accepted, duplicate, rejected), id and near-duplicate group; groups whose
+    members disagree on the label are set aside (their images removed): neither class can claim them."""
+    # exact duplicates: one canonical image per pixel hash, the first source (sorted) wins
+    good = decoded["reason"].isna()
+    canonical = good & ~decoded["sha256"].where(good).duplicated()
+    unique = decoded[canonical]
+    groups = near_duplicate_groups(unique["phash"].to_numpy(dtype=np.uint64), near_duplicate_distance)
+    decoded["group"] = decoded["sha256"].map(pd.Series(groups, index=unique["sha256"]))
+    conflicts = decoded[good].groupby("group")["label"].nunique().loc[lambda n: n > 1].index
+    conflicted = good & decoded["group"].isin(conflicts)
+    decoded.loc[conflicted, ["reason", "detail"]] = ["label_conflict", "duplicate images with different labels"]
+    for sha in decoded.loc[conflicted, "sha256"].unique():
+        (image_dir / f"{sha[:20]}.png").unlink(missing_ok=True)
+    decoded["status"] = np.select([decoded["reason"].notna(), canonical], ["rejected", "accepted"], "duplicate")
+    decoded["id"] = decoded["sha256"].str[:20]
+    return decoded, conflicts
+
+
+def manifest_table(accepted: pd.DataFrame) -> pd.DataFrame:
+    """manifest.csv: one row per accepted image (core/contracts.py's DATASET_MANIFEST)."""
+    return pd.DataFrame(
+        {
+            "id": accepted["id"],
+            "file": "images/" + accepted["id"] + ".png",
+            "label": accepted["label"].astype(int),
+            "class": np.array(CLASSES)[accepted["label"].astype(int)],
+            "group": accepted["group"].map("g{:06.0f}".format),
+            "width": accepted["width"],
+            "height": accepted["height"],
+            "sha256": accepted["sha256"],
+            "phash": accepted["phash"].map("{:016x}".format),
+            "source": accepted["source"],
+            "subtype": accepted["subtype"],  # the class folder (glioma, notumor, ...) or the class name
+            "source_folder": accepted["source"].map(top_folder),  # e.g. Training / Testing
+        }
+    )
+
+
 def ingest_folder(
     root: Path,
     out_dir: Path,
@@ -334,42 +374,9 @@ def ingest_folder(
         decoded = pd.DataFrame([asdict(d) for d in decode_all(root, items, image_dir, max_pixels, processes)])
         decoded = decoded.sort_values("source", kind="stable", ignore_index=True)
 
-        # exact duplicates: one canonical image per pixel hash, the first source (sorted) wins
-        good = decoded["reason"].isna()
-        canonical = good & ~decoded["sha256"].where(good).duplicated()
-        unique = decoded[canonical]
-        groups = near_duplicate_groups(unique["phash"].to_numpy(dtype=np.uint64), near_duplicate_distance)
-        group_of_sha = pd.Series(groups, index=unique["sha256"])
-        decoded["group"] = decoded["sha256"].map(group_of_sha)
-
-        # groups whose members disagree on the label are set aside: neither class can claim them
-        conflicts = decoded[good].groupby("group")["label"].nunique().loc[lambda n: n > 1].index
-        conflicted = good & decoded["group"].isin(conflicts)
-        decoded.loc[conflicted, ["reason", "detail"]] = ["label_conflict", "duplicate images with different labels"]
-        for sha in decoded.loc[conflicted, "sha256"].unique():
-            (image_dir / f"{sha[:20]}.png").unlink(missing_ok=True)
-
-        decoded["status"] = np.select([decoded["reason"].notna(), canonical], ["rejected", "accepted"], "duplicate")
-        decoded["id"] = decoded["sha256"].str[:20]
+        decoded, conflicts = mark_duplicates(decoded, near_duplicate_distance, image_dir)
         files = decoded[["source", "status", "reason", "detail", "id"]].fillna({"reason": ""})
-        accepted = decoded[decoded["status"] == "accepted"]
-        manifest = pd.DataFrame(
-            {
-                "id": accepted["id"],
-                "file": "images/" + accepted["id"] + ".png",
-                "label": accepted["label"].astype(int),
-                "class": np.array(CLASSES)[accepted["label"].astype(int)],
-                "group": accepted["group"].map("g{:06.0f}".format),
-                "width": accepted["width"],
-                "height": accepted["height"],
-                "sha256": accepted["sha256"],
-                "phash": accepted["phash"].map("{:016x}".format),
-                "source": accepted["source"],
-                "subtype": accepted["subtype"],  # the class folder (glioma, notumor, ...) or the class name
-                "source_folder": accepted["source"].map(top_folder),  # e.g. Training / Testing
-            }
-        )
-
+        manifest = manifest_table(decoded[decoded["status"] == "accepted"])
         report = ingest_report(files, manifest, len(conflicts), system_files, name)
         reasons = reasons_text(report["rejected_by_reason"])
         if manifest.empty:
@@ -450,9 +457,9 @@ def open_source(
     raise PipelineError(f"{key}: {source!r} is neither a folder nor a .zip archive")
 
 
-def build_dataset(params: Params | dict, raw_dir: Path, out_dir: Path, report_path: Path) -> dict:
+def build_dataset(params: Params, raw_dir: Path, out_dir: Path, report_path: Path) -> dict:
     """The ingest stage: params -> canonical dataset in `out_dir` and the data report at `report_path`."""
-    data = typed(params).data
+    data = params.data
     with scratch_dir(out_dir.parent, "ingest") as work:  # next to the output, removed even after a kill
         source = data.source
         if Path(source) == SYNTHETIC_SOURCE:  # the built-in set, generated from data.synthetic

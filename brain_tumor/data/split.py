@@ -21,7 +21,7 @@ from brain_tumor.data.report import write_people_report
 from brain_tumor.core.errors import PipelineError
 from brain_tumor.core.labels import CLASSES, SPLITS, require_both_classes
 from brain_tumor.core.outputs import atomic_dir, write_json, write_table
-from brain_tumor.core.params import Params, SplitParams, typed
+from brain_tumor.core.params import Params, SplitParams
 from brain_tumor.data.shortcuts import ACQUISITION_KINDS, STATISTICS, shortcut_check, statistics_table, warning_line
 from brain_tumor.data.similarity import (
     Grouping,
@@ -88,9 +88,8 @@ class GroupingSettings:
         )
 
 
-def split_dataset(params: Params | dict, dataset_dir: Path, out_dir: Path, report_path: Path, people_dir: Path) -> dict:
+def split_dataset(params: Params, dataset_dir: Path, out_dir: Path, report_path: Path, people_dir: Path) -> dict:
     """The split stage: data/dataset -> out_dir/{train,val,test}/{class}/<id>.png + split_manifest.csv."""
-    params = typed(params)
     fractions = {name: getattr(params.split, name) for name in SPLITS}
     settings = GroupingSettings.from_params(params.split)
     manifest = DATASET_MANIFEST.read(dataset_dir / "manifest.csv")
@@ -119,33 +118,13 @@ def split_dataset(params: Params | dict, dataset_dir: Path, out_dir: Path, repor
     )
     shortcuts = shortcut_check(stats, manifest["label"].astype(int).to_numpy(), manifest["split"], params.split.seed)
     manifest["acquisition"] = stats["acquisition"].to_numpy()
-    manifest["split_order"] = manifest["split"].map(SPLITS.index)
-    rows = manifest.sort_values(["split_order", "label", "id"], kind="stable", ignore_index=True)
-    rows["file"] = rows["split"] + "/" + rows["class"] + "/" + rows["id"] + ".png"
-    columns = ["id", "split", "file", "label", "class", "group", "duplicate_group", "train_similarity"]
-    rows = rows[[*columns, "sha256", "source", "subtype", "source_folder", "acquisition"]]
-    with atomic_dir(out_dir) as tmp:
-        for split in SPLITS:
-            for name in CLASSES:
-                (tmp / split / name).mkdir(parents=True)
-        for source, file in zip(
-            dataset_dir / manifest.set_index("id").loc[rows["id"], "file"], rows["file"], strict=True
-        ):
-            shutil.copyfile(source, tmp / file)
-        write_table(tmp / "split_manifest.csv", rows)
-
+    rows = split_rows(manifest)
+    write_split_folder(out_dir, dataset_dir, manifest, rows)
     report = split_report(rows, fractions) | {
         "grouping": grouping_report(settings, grouping, manifest),
         "residual_leakage": leakage_report(rows, settings.threshold),
         "shortcut_check": shortcuts,
-        "acquisition": {  # estimated kind x class: where a class is all one kind, the kind predicts the class
-            name: rows.loc[rows["class"] == name, "acquisition"]
-            .value_counts()
-            .reindex(ACQUISITION_KINDS, fill_value=0)
-            .astype(int)
-            .to_dict()
-            for name in CLASSES
-        },
+        "acquisition": acquisition_counts(rows),
     }
     write_json(report_path, report)
     if line := warning_line(shortcuts):
@@ -159,6 +138,39 @@ def split_dataset(params: Params | dict, dataset_dir: Path, out_dir: Path, repor
         ingest_report, report, rows, out_dir, people_dir, params.split.seed, sheets, images, figure_stats
     )
     return report
+
+
+def split_rows(manifest: pd.DataFrame) -> pd.DataFrame:
+    """split_manifest.csv: split by split, class by class, with each image's place in the split folder."""
+    rows = manifest.assign(split_order=manifest["split"].map(SPLITS.index))
+    rows = rows.sort_values(["split_order", "label", "id"], kind="stable", ignore_index=True)
+    rows["file"] = rows["split"] + "/" + rows["class"] + "/" + rows["id"] + ".png"
+    columns = ["id", "split", "file", "label", "class", "group", "duplicate_group", "train_similarity"]
+    return rows[[*columns, "sha256", "source", "subtype", "source_folder", "acquisition"]]
+
+
+def write_split_folder(out_dir: Path, dataset_dir: Path, manifest: pd.DataFrame, rows: pd.DataFrame) -> None:
+    """out_dir/{train,val,test}/{class}/<id>.png and split_manifest.csv, all or nothing."""
+    with atomic_dir(out_dir) as tmp:
+        for split in SPLITS:
+            for name in CLASSES:
+                (tmp / split / name).mkdir(parents=True)
+        sources = dataset_dir / manifest.set_index("id").loc[rows["id"], "file"]
+        for source, file in zip(sources, rows["file"], strict=True):
+            shutil.copyfile(source, tmp / file)
+        write_table(tmp / "split_manifest.csv", rows)
+
+
+def acquisition_counts(rows: pd.DataFrame) -> dict:
+    """Estimated acquisition kind x class: where a class is all one kind, the kind predicts the class."""
+    return {
+        name: rows.loc[rows["class"] == name, "acquisition"]
+        .value_counts()
+        .reindex(ACQUISITION_KINDS, fill_value=0)
+        .astype(int)
+        .to_dict()
+        for name in CLASSES
+    }
 
 
 def nearest_training_image(descriptors: np.ndarray, splits: pd.Series) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ from brain_tumor.core.errors import PipelineError
 from brain_tumor.core.intervals import wilson_interval
 from brain_tumor.core.labels import CLASSES
 from brain_tumor.core.outputs import file_sha256, write_json, write_table
-from brain_tumor.core.params import EvaluateParams, Params, typed
+from brain_tumor.core.params import EvaluateParams, Params
 from brain_tumor.evaluation.calibration import calibration_report
 from brain_tumor.evaluation.explain import gallery, gallery_indices
 from brain_tumor.evaluation.external import evaluate_external, external_summary, read_external_sets
@@ -210,7 +210,7 @@ def read_report_manifest(split_dir: Path) -> pd.DataFrame:
 
 
 def evaluate_models(
-    params: Params | dict,
+    params: Params,
     split_dir: Path,
     model_paths: dict[str, Path],
     metrics_dir: Path,
@@ -220,7 +220,6 @@ def evaluate_models(
     """The evaluate stage: operating point on validation, then test predictions; reports (metrics with
     bootstrap intervals at 0.5 and at that point, subgroups, calibration, the model card) and PNG figures.
     Returns each model's test metrics at 0.5."""
-    params = typed(params)
     cfg = params.evaluate
     manifest = read_report_manifest(split_dir)  # first: a model cannot be checked against a split in doubt
     manifest_sha256 = file_sha256(split_dir / "split_manifest.csv")
@@ -284,7 +283,7 @@ def threshold_metrics(runs: dict[str, ModelRun], cfg: EvaluateParams) -> dict[st
 
 
 def write_reports(
-    params: Params | dict,
+    params: Params,
     manifest: pd.DataFrame,
     runs: dict[str, ModelRun],
     metrics_dir: Path,
@@ -296,7 +295,7 @@ def write_reports(
     test_operating_point,validation}/*.json, metrics/evaluate/ tables, calibration.json, metrics/external/
     (one file per external set, and sets.json) and the model card.
     The card is rendered from the very dicts written to the metric files, so the two cannot disagree."""
-    params, external = typed(params), external or {}
+    external = external or {}
     write_json(metrics_dir / "external" / "sets.json", {"external_sets": len(external)})
     if external:
         write_json(metrics_dir / "external" / "summary.json", external_summary(external))

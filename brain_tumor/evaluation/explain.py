@@ -1,4 +1,4 @@
-"""Grad-CAM: where a model looked. Heat maps, overlays at the scan's own size, and the evaluate gallery."""
+"""Grad-CAM: where a model looked. Heat maps, blended over the scan at its own size, and the evaluate gallery."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from brain_tumor.core.arrays import MEAN, STD
 from brain_tumor.core.labels import CLASSES
+from brain_tumor.core.resize import MEAN, STD
 from brain_tumor.serving.inference import model_input
 from brain_tumor.training.models import ScratchCNN, TransferNet
 
@@ -58,22 +58,6 @@ def blend(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
     return show_cam_on_image(
         image.astype(np.float32) / 255.0, np.clip(heat, 0.0, 1.0), use_rgb=True, image_weight=OVERLAY_IMAGE_WEIGHT
     )
-
-
-def overlay(
-    model: nn.Module,
-    image: np.ndarray,
-    image_size: int,
-    target_class: int | None = None,
-    mean: Sequence[float] = MEAN,
-    std: Sequence[float] = STD,
-) -> np.ndarray:
-    """Grad-CAM overlay (uint8 HxWx3) of one RGB scan at its own size; `target_class` None: the argmax class."""
-    x = model_input([image], image_size, list(mean), list(std))
-    if target_class is None:
-        with torch.inference_mode():
-            target_class = int(model.eval()(torch.from_numpy(x)).argmax(1)[0])
-    return blend(image, heatmaps(model, x, [target_class])[0])
 
 
 def gallery_indices(

@@ -75,6 +75,15 @@ def bootstrap_ci(
         return {m: tuple(float(np.nanpercentile(draws[m], q)) for q in (2.5, 97.5)) for m in METRICS}
 
 
+def mcnemar(right_a: np.ndarray, right_b: np.ndarray) -> tuple[int, int, float]:
+    """McNemar's exact test on paired right/wrong verdicts of two models on the same images: (only A right,
+    only B right, two-sided p). Under "no difference" each disagreement is a fair coin."""
+    from scipy.stats import binomtest
+
+    only_a, only_b = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
+    return only_a, only_b, float(binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
+
+
 def json_number(v: float) -> float | None:
     return None if np.isnan(v) else round(v, 4)  # JSON has no NaN (AUC with one class in the test split)
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from brain_tumor.core.errors import PipelineError, one_line
 from brain_tumor.core.outputs import write_json
-from brain_tumor.core.resize import resize_rgb
+from brain_tumor.core.resize import resize_rgb, standardise
 
 PREPROCESSING = (
     "decode to 8-bit RGB as brain_tumor.data.images.load_rgb does (EXIF orientation applied; high-bit-depth "
@@ -30,10 +30,8 @@ PREPROCESSING = (
 
 
 def normalise(batch: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
-    """uint8 NHWC -> float32 NCHW: /255, then (x - mean) / std per channel, as `data.to_input` does in torch."""
-    x = batch.astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255.0)
-    x = (x - np.asarray(mean, np.float32).reshape(1, 3, 1, 1)) / np.asarray(std, np.float32).reshape(1, 3, 1, 1)
-    return np.ascontiguousarray(x)
+    """uint8 NHWC -> float32 NCHW, normalised as in training (`core.resize.standardise`)."""
+    return np.ascontiguousarray(standardise(batch.astype(np.float32).transpose(0, 3, 1, 2), mean, std))
 
 
 def model_input(images: list[np.ndarray], image_size: int, mean: list[float], std: list[float]) -> np.ndarray:

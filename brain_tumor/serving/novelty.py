@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from brain_tumor.core.errors import PipelineError
-from brain_tumor.training.seen import read_arrays
-from brain_tumor.training.seen import save_index as save_arrays
+from brain_tumor.core.npz import read_arrays, save_arrays
 
 KIND = "brain-tumor novelty v1"
 NEIGHBOURS = 10

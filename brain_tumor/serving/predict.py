@@ -53,8 +53,8 @@ COLUMNS = [
 ]  # fmt: skip
 DEFAULT_THRESHOLD = 0.5
 NAMED_MODELS = ("scratch", "transfer")  # models/<name>.pt, the train stages' outputs
-DEFAULT_MAX_PIXELS = 100_000_000  # data.max_image_pixels when there is no params.yaml
-DEFAULT_MAX_ARCHIVE_MB = 4096  # data.max_archive_mb, idem
+DEFAULT_MAX_PIXELS = SCHEMA["data"]["max_image_pixels"].default  # where there is no params.yaml
+DEFAULT_MAX_ARCHIVE_MB = SCHEMA["data"]["max_archive_mb"].default
 
 # ---------------------------------------------------------------- models
 

@@ -17,6 +17,7 @@ from brain_tumor.core.arrays import (
 )
 from brain_tumor.core.console import progress
 from brain_tumor.core.errors import PipelineError
+from brain_tumor.core.faults import kill_point
 from brain_tumor.core.params import TrainParams
 from brain_tumor.training.batches import Batches
 from brain_tumor.training.device import autocast, world
@@ -24,7 +25,7 @@ from brain_tumor.training.models import (
     seed_dropout,
     sync_batchnorm,
 )
-from brain_tumor.training.resume import ResumeFile, kill_point
+from brain_tumor.training.resume import ResumeFile
 
 DIVERGED_LOSS = 10 * math.log(2)  # a best validation loss above 10x a coin flip's: the run diverged
 
@@ -96,12 +97,70 @@ class RunState:
     best: dict = field(default_factory=dict)  # the best epoch by validation loss: epoch, val_loss, val_accuracy
     best_state: dict | None = None  # its weights
 
+    def record(self, epoch: int, train: EpochStats, val: EpochStats, network: nn.Module) -> bool:
+        """Adds the epoch; keeps the network's weights when its validation loss is the lowest so far."""
+        if not (math.isfinite(train.loss) and math.isfinite(val.loss)):
+            raise PipelineError(
+                f"epoch {epoch}: loss {train.loss:.4g} (train), {val.loss:.4g} (val): training diverged; lower lr"
+            )
+        self.epoch = epoch
+        self.history.append({"train": vars(train), "val": vars(val)})
+        is_best = val.loss < self.best.get("val_loss", math.inf)
+        if is_best:
+            self.best = {"epoch": epoch, "val_loss": val.loss, "val_accuracy": val.accuracy}
+            self.best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+        return is_best
+
+    def replay(self, on_epoch: Callable[[int, EpochStats, EpochStats, bool, bool], None]) -> None:
+        """The curves of the epochs done, logged again exactly as the killed run logged them."""
+        best = math.inf
+        for done, record in enumerate(self.history, start=1):
+            train, val = EpochStats(**record["train"]), EpochStats(**record["val"])
+            on_epoch(done, train, val, val.loss < best, True)
+            best = min(best, val.loss)
+
+    def saved(self) -> dict:
+        return {"epoch": self.epoch, "history": self.history, "best": self.best, "best_state": self.best_state}
+
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """lr from its value down to 0 along half a cosine over the run (stateless but for the step count)."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
     )
+
+
+class Optimisation:
+    """Adam on the trainable parameters, the lr schedule and the random generators: everything besides the
+    weights that a resumed run must restore to continue byte for byte."""
+
+    def __init__(self, model: nn.Module, cfg: TrainParams, train_size: int):
+        self.optimizer = torch.optim.Adam(  # fused: one kernel per step, 2x on the scratch CNN
+            [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, fused=True
+        )
+        steps = cfg.epochs * -(-train_size // cfg.batch_size)
+        self.scheduler = cosine_schedule(self.optimizer, steps) if cfg.lr_schedule == "cosine" else None
+
+    def seed(self, model: nn.Module, seed: int) -> None:
+        self.generators = {
+            "shuffle": torch.Generator().manual_seed(seed),
+            "augment": torch.Generator().manual_seed(seed + 1),  # flips never shift the shuffling
+            **{f"dropout{i}": g for i, g in enumerate(seed_dropout(model, seed + 2))},
+        }
+
+    def saved(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "generators": {name: g.get_state() for name, g in self.generators.items()},
+        }
+
+    def restore(self, saved: dict) -> None:
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(saved["scheduler"])
+        for name, generator in self.generators.items():
+            generator.set_state(saved["generators"][name])
 
 
 def fit(
@@ -126,70 +185,33 @@ def fit(
     network = network if network is not None else model
     if size > 1:
         sync_batchnorm(model)  # before the optimizer and DDP see the model: same parameters, global statistics
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=cfg.lr, fused=True)  # one kernel per step: 2x on the scratch CNN
-    steps_per_epoch = -(-len(train) // cfg.batch_size)
-    scheduler = cosine_schedule(optimizer, cfg.epochs * steps_per_epoch) if cfg.lr_schedule == "cosine" else None
+    opt = Optimisation(model, cfg, len(train))
     net = nn.parallel.DistributedDataParallel(model) if size > 1 else model
-    dropout = seed_dropout(model, cfg.seed + 2)
-    generators = {
-        "shuffle": torch.Generator().manual_seed(cfg.seed),
-        "augment": torch.Generator().manual_seed(cfg.seed + 1),  # flips never shift the shuffling
-        **{f"dropout{i}": g for i, g in enumerate(dropout)},
-    }
+    opt.seed(model, cfg.seed)
     state = RunState()
     saved = resume.load() if resume is not None else None
     if saved is not None:
         network.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(saved["scheduler"])
-        for name, generator in generators.items():
-            generator.set_state(saved["generators"][name])
+        opt.restore(saved)
         state = RunState(saved["epoch"], saved["history"], saved["best"], saved["best_state"])
         print(f"resuming after epoch {state.epoch}/{cfg.epochs} from {resume.path}", flush=True)
-        if rank == 0:  # the curves of the epochs done, logged again exactly as the killed run logged them
-            best = math.inf
-            for done, record in enumerate(state.history, start=1):
-                tr, va = EpochStats(**record["train"]), EpochStats(**record["val"])
-                on_epoch(done, tr, va, va.loss < best, True)
-                best = min(best, va.loss)
+        if rank == 0:
+            state.replay(on_epoch)
     if resume is not None:
         resume.epoch_started = resume.clock()  # after the set-up and any replay: training time only
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         desc = f"epoch {epoch}/{cfg.epochs}"
         train_stats = run_epoch(
-            net, train, cfg.batch_size, device, amp, optimizer, generators["shuffle"], desc,
-            generators["augment"], cfg.label_smoothing, scheduler,
+            net, train, cfg.batch_size, device, amp, opt.optimizer, opt.generators["shuffle"], desc,
+            opt.generators["augment"], cfg.label_smoothing, opt.scheduler,
         )  # fmt: skip
         val_stats = run_epoch(net, val, cfg.batch_size, device, amp, desc="validate")
-        if not (math.isfinite(train_stats.loss) and math.isfinite(val_stats.loss)):
-            raise PipelineError(
-                f"epoch {epoch}: loss {train_stats.loss:.4g} (train), {val_stats.loss:.4g} (val): training "
-                "diverged; lower lr"
-            )
-        state.epoch = epoch
-        state.history.append({"train": vars(train_stats), "val": vars(val_stats)})
-        is_best = val_stats.loss < state.best.get("val_loss", math.inf)
-        if is_best:
-            state.best = {"epoch": epoch, "val_loss": val_stats.loss, "val_accuracy": val_stats.accuracy}
-            state.best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+        is_best = state.record(epoch, train_stats, val_stats, network)
         if rank == 0:
             on_epoch(epoch, train_stats, val_stats, is_best, False)
             last = epoch == cfg.epochs  # the model is written next: nothing to resume
             if resume is not None and not last and resume.due(epoch):
-                resume.save(
-                    {
-                        "epoch": state.epoch,
-                        "history": state.history,
-                        "best": state.best,
-                        "best_state": state.best_state,
-                        "model": network.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                        "generators": {name: g.get_state() for name, g in generators.items()},
-                    }
-                )
+                resume.save(state.saved() | opt.saved() | {"model": network.state_dict()})
             kill_point(epoch)
     if state.best["val_loss"] > DIVERGED_LOSS:
         raise PipelineError(

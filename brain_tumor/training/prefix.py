@@ -13,8 +13,6 @@ import torch
 from torch import nn
 
 from brain_tumor.core.arrays import (
-    MEAN,
-    STD,
     SplitImages,
     batch_indices,
     cached_array,
@@ -25,6 +23,7 @@ from brain_tumor.core.arrays import (
 from brain_tumor.core.console import progress
 from brain_tumor.core.numerics import signature
 from brain_tumor.core.outputs import cache_dir
+from brain_tumor.core.resize import MEAN, STD
 from brain_tumor.training import domain, intensity
 from brain_tumor.training import looks as looks_code
 from brain_tumor.training.batches import Batches

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,12 +58,3 @@ class ResumeFile:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
-
-
-def kill_point(epoch: int) -> None:
-    """Fault injection for the resume tests: BRAIN_TUMOR_KILL_AFTER_EPOCH=k[:TERM] makes the run kill itself
-    (SIGKILL, or SIGTERM) right after epoch k's state is saved, as a machine going down at that moment would."""
-    spec = os.environ.get("BRAIN_TUMOR_KILL_AFTER_EPOCH", "")
-    at, _, name = spec.partition(":")
-    if at.isdigit() and int(at) == epoch:
-        os.kill(os.getpid(), signal.SIGTERM if name == "TERM" else signal.SIGKILL)

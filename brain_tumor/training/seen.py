@@ -14,16 +14,14 @@ same bytes (DVC hashes it), and reading it needs neither pickle nor torch.
 from __future__ import annotations
 
 import json
-import math
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from brain_tumor.core.errors import PipelineError, one_line
-from brain_tumor.core.outputs import atomic_write
+from brain_tumor.core.errors import PipelineError
+from brain_tumor.core.npz import read_arrays
 from brain_tumor.data.similarity import DIM, best_matches, descriptor, file_descriptors
 
 KIND = "brain-tumor seen-index v1"
@@ -50,34 +48,6 @@ def build_index(split_dir: Path, manifest: pd.DataFrame, manifest_sha256: str, t
     meta = {"kind": KIND, "split_manifest_sha256": manifest_sha256, "threshold": threshold, "images": len(seen)}
     sources = np.array(seen["source"].astype(str).tolist(), dtype=np.str_)
     return {"descriptors": descriptors, "sources": sources, "meta": json.dumps(meta)}
-
-
-def save_index(path: Path, arrays: dict) -> None:
-    """`build_index`'s arrays as a zip of .npy files with fixed timestamps (the same index, the same bytes)."""
-
-    def write(tmp: Path) -> None:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
-            for name, array in arrays.items():
-                with archive.open(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w") as f:
-                    np.lib.format.write_array(f, np.asarray(array), allow_pickle=False)
-
-    atomic_write(path, write)
-
-
-def read_arrays(path: Path, names: tuple[str, ...], kind: str, what: str, fix: str) -> tuple:
-    """The named arrays of a file `save_index` wrote, and its `meta` (JSON), checked to be of `kind` with a
-    finite float threshold; one error line naming the file when it is not."""
-    try:
-        with np.load(path, allow_pickle=False) as saved:
-            arrays, meta = [saved[name] for name in names], json.loads(str(saved["meta"]))
-    except Exception as err:  # a damaged zip, a foreign file or a missing array fail in many ways: say which file
-        raise PipelineError(f"{path}: not {what} ({one_line(err)}); {fix}") from None
-    threshold = meta.get("threshold") if isinstance(meta, dict) else None
-    if not (isinstance(meta, dict) and meta.get("kind") == kind and isinstance(threshold, float)):
-        raise PipelineError(f"{path}: not {what} of this code (kind or threshold); {fix}")
-    if not math.isfinite(threshold) or not all(np.isfinite(a).all() for a in arrays if a.dtype.kind == "f"):
-        raise PipelineError(f"{path}: not {what} of this code (a value is not finite); {fix}")
-    return (*arrays, meta)
 
 
 def read_index(path: Path, split_manifest_sha256: str | None) -> SeenIndex:

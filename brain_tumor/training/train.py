@@ -20,7 +20,7 @@ import hashlib
 import json
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -30,19 +30,20 @@ from torch import nn
 
 from brain_tumor.core import arrays as data_module
 from brain_tumor.core.arrays import (
-    MEAN,
-    STD,
     SplitImages,
     code_fingerprint,
     load_split,
 )
 from brain_tumor.core.contracts import read_split_manifest
 from brain_tumor.core.errors import PipelineError
+from brain_tumor.core.faults import signal_point
 from brain_tumor.core.labels import CLASSES, require_both_classes
+from brain_tumor.core.npz import save_arrays
 from brain_tumor.core.numerics import signature
 from brain_tumor.core.outputs import atomic_write, file_sha256, publish_dir, temporary_dir
-from brain_tumor.core.params import Params, TrainParams, typed
-from brain_tumor.core.stage import publishing, signal_point
+from brain_tumor.core.params import Params, TrainParams
+from brain_tumor.core.resize import MEAN, STD
+from brain_tumor.core.stage import publishing
 from brain_tumor.training import batches as batches_code
 from brain_tumor.training import device as device_code
 from brain_tumor.training import domain as domain_code
@@ -68,7 +69,7 @@ from brain_tumor.training.models import (
 )
 from brain_tumor.training.prefix import PREFIX_BATCH, PrefixViews, prefix_batches, prefix_views
 from brain_tumor.training.resume import ResumeFile
-from brain_tumor.training.seen import build_index, index_path, save_index
+from brain_tumor.training.seen import build_index, index_path
 
 TRAINING_CODE = (
     loop_code,
@@ -147,7 +148,7 @@ def epoch_batches(model, train_split, val_split, cfg: TrainParams, device, amp, 
 
 def train_model(
     kind: str,
-    params: Params | dict,
+    params: Params,
     split_dir: Path,
     model_path: Path,
     live_dir: Path,
@@ -159,7 +160,6 @@ def train_model(
     `feature_cache` None takes the frozen-prefix path wherever the transfer model has a frozen prefix;
     False forces the full forward every epoch (for tests and benchmarks).
     """
-    params = typed(params)
     cfg = params.training(kind)
     device = setup_device()
     rank, _ = world()
@@ -174,39 +174,23 @@ def train_model(
     if cfg.balance_acquisition:
         train.weights = acquisition_weights(train_split.labels, train_rows)
 
-    meta = architecture(kind, cfg) | {
-        "classes": list(CLASSES),
-        "mean": list(MEAN),
-        "std": list(STD),
-        "precision": "fp32" if amp is None else "bf16",
-        "split_manifest_sha256": manifest_sha256,
-    }
     with exclusive(model_path) if rank == 0 else nullcontext():  # ranks > 0 write nothing
         resume = ResumeFile(model_path.with_suffix(".resume.pt"), run_fingerprint(cfg, manifest_sha256, cached, device))
         live_tmp = temporary_dir(live_dir.parent, live_dir.name) if rank == 0 else None
         try:
             live = open_live(live_tmp, asdict(cfg)) if live_tmp is not None else None
-
-            def log_epoch(epoch: int, tr: EpochStats, va: EpochStats, is_best: bool, replayed: bool) -> None:
-                log_to_live(live, epoch, tr, va)
-                mark = "  * best so far" if is_best else ""
-                again = " (logged again from the resumed state)" if replayed else ""
-                print(
-                    f"{kind} epoch {epoch:>2}/{cfg.epochs}: train loss {tr.loss:.4f} acc {tr.accuracy:.3f} | "
-                    f"val loss {va.loss:.4f} acc {va.accuracy:.3f}{mark}{again}",
-                    flush=True,
-                )
-
+            log_epoch = epoch_logger(live, kind, cfg.epochs)
             state = fit(
                 trainable, train, val, cfg, device=device, amp=amp, on_epoch=log_epoch, resume=resume, network=model
             )
             if rank == 0:
                 index = build_index(split_dir, manifest, manifest_sha256, params.split.similarity_threshold)
-                saved = {"state_dict": state.best_state, "meta": meta | state.best}
+                meta = model_meta(kind, cfg, amp, manifest_sha256) | state.best
+                saved = {"state_dict": state.best_state, "meta": meta}
                 live.summary["best"] = state.best
                 live.end()  # into the scratch folder
                 with publishing():  # every output, or (stopped before this) none
-                    save_index(index_path(model_path), index)
+                    save_arrays(index_path(model_path), index)
                     atomic_write(model_path, lambda p: save_checkpoint(saved, p))
                     signal_point("publishing")
                     publish_dir(live_tmp, live_dir)
@@ -217,6 +201,33 @@ def train_model(
     best = state.best
     print(f"{kind}: best epoch {best['epoch']} (val loss {best['val_loss']:.4f}, acc {best['val_accuracy']:.3f})")
     return {"best": best, "feature_cache": cached}
+
+
+def model_meta(kind: str, cfg: TrainParams, amp: torch.dtype | None, manifest_sha256: str) -> dict:
+    """What the model file says about itself besides its best epoch (checkpoint.check_meta reads it back)."""
+    return architecture(kind, cfg) | {
+        "classes": list(CLASSES),
+        "mean": list(MEAN),
+        "std": list(STD),
+        "precision": "fp32" if amp is None else "bf16",
+        "split_manifest_sha256": manifest_sha256,
+    }
+
+
+def epoch_logger(live, kind: str, epochs: int) -> Callable[[int, EpochStats, EpochStats, bool, bool], None]:
+    """`fit`'s on_epoch: the curves into DVCLive, one line per epoch on stdout."""
+
+    def log_epoch(epoch: int, tr: EpochStats, va: EpochStats, is_best: bool, replayed: bool) -> None:
+        log_to_live(live, epoch, tr, va)
+        mark = "  * best so far" if is_best else ""
+        again = " (logged again from the resumed state)" if replayed else ""
+        print(
+            f"{kind} epoch {epoch:>2}/{epochs}: train loss {tr.loss:.4f} acc {tr.accuracy:.3f} | "
+            f"val loss {va.loss:.4f} acc {va.accuracy:.3f}{mark}{again}",
+            flush=True,
+        )
+
+    return log_epoch
 
 
 def open_live(folder: Path, params: dict):
