@@ -147,3 +147,13 @@ def test_each_stage_lists_exactly_the_params_it_reads(tiny):
 def covers(entry: str, key: str) -> bool:
     """A dvc.yaml params entry (a section, a key, or a nested key) covers the key itself and all below it."""
     return key == entry or key.startswith(f"{entry}.")
+
+
+@pytest.mark.parametrize("name", ["train-scratch", "train-transfer"])
+def test_the_resume_state_is_no_output_so_dvc_repro_keeps_it(name):
+    """DVC deletes a stage's outputs before it runs the stage: the state a killed run resumes from
+    (models/<kind>.resume.pt, tests/test_train.py) must not be one, nor lie inside one."""
+    state = f"models/{name.removeprefix('train-')}.resume.pt"
+    outs = [next(iter(o)) if isinstance(o, dict) else o for o in STAGES[name]["outs"]]
+    inside = lambda out: state == out or state.startswith(out.rstrip("/") + "/")  # noqa: E731
+    assert [out for out in outs if inside(out) or out.endswith(".resume.pt")] == []

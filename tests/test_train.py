@@ -1,13 +1,13 @@
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import yaml
 from conftest import PROJECT, Workspace, venv_env
 from torch import nn
 
@@ -169,13 +169,14 @@ def test_dvclive_curves_have_one_row_per_epoch(split_dir, tiny_params, tmp_path)
 @pytest.mark.parametrize(
     "kind,changes",
     [
-        ("scratch", {"augment": True}),
+        # one stage run for the whole DDP path (flips, dropout, unfrozen BatchNorm, the global batch); the
+        # dropout masks and BatchNorm statistics across ranks are checked exactly in float64 below
         # Adam moves every weight by about lr per step whatever its gradient, so float noise in near-zero
         # gradients shows at lr 1e-4; at 1e-7 the check rests on BatchNorm's running statistics, which a
         # rank-local BatchNorm (or rank-dependent flips) gets wrong by about 1e-2
         ("transfer", {"augment": True, "unfreeze_last": 2, "lr": 1e-7}),
     ],
-    ids=["scratch-augment", "transfer-augment-unfrozen"],
+    ids=["transfer-augment-unfrozen"],
 )
 def test_two_gloo_processes_match_one_process(split_dir, tiny_params, tmp_path, kind, changes):
     """torchrun with 2 CPU processes (DDP, gloo) and the same global batch gives the single-process model.
@@ -279,16 +280,19 @@ def test_killed_training_resumes_to_the_uninterrupted_result(split_dir, tiny_par
     assert leftovers == []
 
 
-@pytest.mark.slow
-def test_resume_state_of_other_params_is_not_used(split_dir, tiny_params, tmp_path):
-    params = tiny_params | {"train_transfer": tiny_params["train_transfer"] | {"epochs": 3}}
-    work = Workspace(tmp_path / "w", params, split_dir)
-    work.run("train_transfer", BRAIN_TUMOR_KILL_AFTER_EPOCH="1")
-    changed = params | {"train_transfer": params["train_transfer"] | {"lr": 0.001}}
-    (work.root / "params.yaml").write_text(yaml.safe_dump(changed))
-    again = work.run("train_transfer")
-    assert again.returncode == 0 and "resuming" not in again.stdout
-    assert "from another run" in again.stdout
+def test_resume_state_of_another_run_is_not_used(tmp_path, tiny_params, capsys):
+    """The state is used only by a run with the same fingerprint, which changes with any training param."""
+    cfg = typed(tiny_params).train_transfer
+    fingerprint = train.run_fingerprint(cfg, "0" * 64, True, torch.device("cpu"))
+    other_lr = train.run_fingerprint(replace(cfg, lr=cfg.lr * 2), "0" * 64, True, torch.device("cpu"))
+    other_split = train.run_fingerprint(cfg, "1" * 64, True, torch.device("cpu"))
+    assert len({fingerprint, other_lr, other_split}) == 3
+    path = tmp_path / "transfer.resume.pt"
+    resume.ResumeFile(path, fingerprint).save({"epoch": 1})
+    assert resume.ResumeFile(path, fingerprint).load() == {"epoch": 1, "fingerprint": fingerprint}
+    capsys.readouterr()
+    assert resume.ResumeFile(path, other_lr).load() is None
+    assert "from another run (other params, data or code); starting afresh" in capsys.readouterr().out
 
 
 def test_resume_state_is_written_after_epoch_one_then_when_training_outweighs_writing_tenfold(tmp_path):

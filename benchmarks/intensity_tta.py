@@ -1,0 +1,85 @@
+"""Benchmark: intensity test-time augmentation of a trained model, inside its collection and on other sources.
+
+The model's P(tumor) for each scan as it is, after a remapping of its grey levels inside the head (inversion,
+gamma 0.6 and 1.6, histogram equalisation), and averaged over several of them; for the internal test split and
+every set in `evaluate.external` (params.yaml): accuracy, sensitivity and specificity at 0.5, and ROC AUC.
+The head is the largest bright region (threshold 20, opened, holes filled); the air stays black.
+
+Usage: python benchmarks/intensity_tta.py MODEL.pt   (in a project whose data/split and external sets exist)
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from brain_tumor.core.arrays import load_split
+from brain_tumor.core.params import load_params
+from brain_tumor.evaluation.external import read_external, resized
+from brain_tumor.evaluation.metrics import p_tumor, roc_auc
+from brain_tumor.evaluation.predictions import predict_logits
+from brain_tumor.training.checkpoint import load_trained
+
+
+def remapped(curve):
+    """Apply `curve(grey, head_mask)` to each scan's grey levels (0-255 floats) and clip back to uint8 RGB."""
+
+    def apply(images: np.ndarray) -> np.ndarray:
+        out = np.empty_like(images)
+        for i, rgb in enumerate(images):
+            grey = rgb[..., 0].astype(np.float32)
+            head = ndimage.binary_fill_holes(ndimage.binary_opening(grey > 20, iterations=2))
+            out[i] = np.clip(curve(grey, head), 0, 255).astype(np.uint8)[..., None]
+        return out
+
+    return apply
+
+
+def equalised(grey: np.ndarray, head: np.ndarray) -> np.ndarray:
+    inside = np.sort(grey[head])
+    if inside.size < 10:
+        return grey
+    return np.where(head, 255 * np.searchsorted(inside, grey, side="right") / inside.size, 0)
+
+
+TRANSFORMS = {
+    "identity": lambda images: images,
+    "invert": remapped(lambda g, head: np.where(head, 255 - g, 0)),
+    "gamma 0.6": remapped(lambda g, head: 255 * (g / 255) ** 0.6),
+    "gamma 1.6": remapped(lambda g, head: 255 * (g / 255) ** 1.6),
+    "equalise": remapped(equalised),
+}
+MEANS = {
+    **{name: [name] for name in TRANSFORMS},
+    "id + invert": ["identity", "invert"],
+    "id + equalise": ["identity", "equalise"],
+    "id + gammas": ["identity", "gamma 0.6", "gamma 1.6"],
+    "mean of all": list(TRANSFORMS),
+}
+
+
+def figures(y: np.ndarray, p: np.ndarray) -> str:
+    called = p >= 0.5
+    sens = f"{called[y == 1].mean():.3f}" if (y == 1).any() else "-"
+    spec = f"{(~called[y == 0]).mean():.3f}" if (y == 0).any() else "-"
+    auc = f"{roc_auc(y, p):.3f}" if len(set(y)) > 1 else "-"
+    return f"acc {np.mean(called == y):.3f} sens {sens} spec {spec} auc {auc}"
+
+
+def main() -> None:
+    model, meta = load_trained(Path(sys.argv[1]))
+    params, size = load_params(), meta["image_size"]
+    test = load_split(Path("data/split"), "test", size)
+    sets = {"internal test": (np.asarray(test.images), test.labels)}
+    for path in params.evaluate.external:
+        found = read_external(path, params.data)
+        sets[found.name] = (resized(found.images, size), found.labels)
+    p = {(s, t): p_tumor(predict_logits(model, f(x), 64)) for s, (x, _) in sets.items() for t, f in TRANSFORMS.items()}
+    for mean, names in MEANS.items():
+        cells = [f"{s}: {figures(y, np.mean([p[s, t] for t in names], axis=0))}" for s, (_, y) in sets.items()]
+        print(f"{mean:13s} | " + " | ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
