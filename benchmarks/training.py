@@ -27,6 +27,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from queue import Empty
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ from brain_tumor.evaluation.metrics import p_tumor
 from brain_tumor.evaluation.predictions import predict_logits
 from brain_tumor.training import prefix, train
 from brain_tumor.training.checkpoint import load_trained
-from brain_tumor.training.device import seed_everything
+from brain_tumor.training.device import autocast_dtype, seed_everything
 from brain_tumor.training.models import architecture, build_network
 
 SEED_RECIPE = {
@@ -182,11 +183,9 @@ def feature_pass(params: Params, split_dir: Path, work: Path, precision: str) ->
     cfg = params.train_transfer
     images = load_split(split_dir, "train", cfg.image_size)  # decoded first: this measures the backbone pass
     model = train.build_model("transfer", cfg).to(memory_format=torch.channels_last)
-    device = torch.device("cpu")
+    cpu = torch.device("cpu")
     start = time.perf_counter()
-    features = prefix.prefix_views(
-        model, images, 1, prefix.PREFIX_BATCH, device, device.autocast_dtype(precision, device)
-    )
+    features = prefix.prefix_views(model, images, 1, prefix.PREFIX_BATCH, cpu, autocast_dtype(precision, cpu))
     return len(images.labels) / (time.perf_counter() - start), np.array(features)
 
 
@@ -220,7 +219,13 @@ def measure(fn, *args, env: dict | None = None):
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    out = queue.get()
+    while True:  # a child that dies (an exception, out of memory) puts nothing: fail instead of waiting forever
+        try:
+            out = queue.get(timeout=1)
+            break
+        except Empty:
+            if not proc.is_alive():
+                raise SystemExit(f"error: {fn.__name__} died in its process (exit code {proc.exitcode})") from None
     proc.join()
     return out
 

@@ -140,12 +140,10 @@ class Optimisation:
         )
         steps = cfg.epochs * -(-train_size // cfg.batch_size)
         self.scheduler = cosine_schedule(self.optimizer, steps) if cfg.lr_schedule == "cosine" else None
-
-    def seed(self, model: nn.Module, seed: int) -> None:
         self.generators = {
-            "shuffle": torch.Generator().manual_seed(seed),
-            "augment": torch.Generator().manual_seed(seed + 1),  # flips never shift the shuffling
-            **{f"dropout{i}": g for i, g in enumerate(seed_dropout(model, seed + 2))},
+            "shuffle": torch.Generator().manual_seed(cfg.seed),
+            "augment": torch.Generator().manual_seed(cfg.seed + 1),  # flips never shift the shuffling
+            **{f"dropout{i}": g for i, g in enumerate(seed_dropout(model, cfg.seed + 2))},
         }
 
     def saved(self) -> dict:
@@ -187,7 +185,6 @@ def fit(
         sync_batchnorm(model)  # before the optimizer and DDP see the model: same parameters, global statistics
     opt = Optimisation(model, cfg, len(train))
     net = nn.parallel.DistributedDataParallel(model) if size > 1 else model
-    opt.seed(model, cfg.seed)
     state = RunState()
     saved = resume.load() if resume is not None else None
     if saved is not None:
