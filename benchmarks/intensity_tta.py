@@ -3,7 +3,7 @@
 The model's P(tumor) for each scan as it is, after a remapping of its grey levels inside the head (inversion,
 gamma 0.6 and 1.6, histogram equalisation), and averaged over several of them; for the internal test split and
 every set in `evaluate.external` (params.yaml): accuracy, sensitivity and specificity at 0.5, and ROC AUC.
-The head is the largest bright region (threshold 20, opened, holes filled); the air stays black.
+The head is `training.domain.head_mask`'s (the domain views' own); the air stays black.
 
 Usage: python benchmarks/intensity_tta.py MODEL.pt   (in a project whose data/split and external sets exist)
 """
@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from brain_tumor.core.arrays import load_split
 from brain_tumor.core.params import load_params
@@ -20,6 +19,7 @@ from brain_tumor.evaluation.external import read_external, resized
 from brain_tumor.evaluation.metrics import p_tumor, roc_auc
 from brain_tumor.evaluation.predictions import predict_logits
 from brain_tumor.training.checkpoint import load_trained
+from brain_tumor.training.domain import head_mask
 
 
 def remapped(curve):
@@ -29,7 +29,7 @@ def remapped(curve):
         out = np.empty_like(images)
         for i, rgb in enumerate(images):
             grey = rgb[..., 0].astype(np.float32)
-            head = ndimage.binary_fill_holes(ndimage.binary_opening(grey > 20, iterations=2))
+            head = head_mask(grey / 255)
             out[i] = np.clip(curve(grey, head), 0, 255).astype(np.uint8)[..., None]
         return out
 
