@@ -67,14 +67,20 @@ def figures(y: np.ndarray, p: np.ndarray) -> str:
     return f"acc {np.mean(called == y):.3f} sens {sens} spec {spec} auc {auc}"
 
 
-def main() -> None:
-    model, meta = load_trained(Path(sys.argv[1]))
-    params, size = load_params(), meta["image_size"]
+def measured_sets(size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{name: (uint8 NHWC scans at `size`, labels)}: the internal test split and each of `evaluate.external`."""
+    params = load_params()
     test = load_split(Path("data/split"), "test", size)
     sets = {"internal test": (np.asarray(test.images), test.labels)}
     for path in params.evaluate.external:
         found = read_external(path, params.data)
         sets[found.name] = (resized(found.images, size), found.labels)
+    return sets
+
+
+def main() -> None:
+    model, meta = load_trained(Path(sys.argv[1]))
+    sets = measured_sets(meta["image_size"])
     p = {(s, t): p_tumor(predict_logits(model, f(x), 64)) for s, (x, _) in sets.items() for t, f in TRANSFORMS.items()}
     for mean, names in MEANS.items():
         cells = [f"{s}: {figures(y, np.mean([p[s, t] for t in names], axis=0))}" for s, (_, y) in sets.items()]

@@ -26,6 +26,12 @@ from PIL import Image
 
 PROJECT = Path(__file__).resolve().parents[1]
 
+# One thread per process in the tests (brain_tumor/core/numerics.py): `make test` runs a worker per core, and
+# each starts stage processes; two processes of two OpenMP threads each on two cores ran 22-25% slower than
+# two of one thread (docs/benchmarks.md). Set before the package is imported here, so in-process runs and
+# stage processes sum their floats alike; the bytes are not a default run's, and no test compares with one.
+os.environ.setdefault("BRAIN_TUMOR_THREADS", "1")
+
 # Property-based tests (tests/test_fuzz.py): `make test` runs a small, derandomised budget that writes no example
 # database (the same examples on every run, nothing left in the repository); `make fuzz` a large random one.
 settings.register_profile("ci", max_examples=12, deadline=None, derandomize=True, database=None)
