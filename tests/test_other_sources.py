@@ -8,9 +8,18 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_tiny_params, save, scan
 
 from brain_tumor.core.errors import PipelineError
-from brain_tumor.evaluation.external import ExternalResult, external_summary, group_rows, slice_table
+from brain_tumor.core.params import typed
+from brain_tumor.data.ingest import folder_label_map, list_items
+from brain_tumor.evaluation.external import (
+    ExternalResult,
+    external_summary,
+    group_rows,
+    read_external,
+    slice_table,
+)
 from brain_tumor.serving.novelty import build_novelty, novelty_scores, read_novelty, save_novelty, unit_rows
 from brain_tumor.training.domain import domain_view, head_mask
 from brain_tumor.training.looks import Looks
@@ -74,6 +83,24 @@ def test_slice_table_reads_labels_csv_and_falls_back_to_file_names(tmp_path):
     assert table["region"].tolist()[:9] == ["outer thirds"] * 3 + ["middle third"] * 3 + ["outer thirds"] * 3
     assert pd.isna(table.loc[9, "region"])
     assert slice_table(tmp_path / "absent.csv", ["yes/a.png"])["subject"].isna().all()
+
+
+def test_an_external_sets_labels_csv_describes_its_scans_and_is_no_file_rejected(tmp_path, monkeypatch):
+    """The documented layout (yes/, no/, labels.csv at the top) reads as its scans alone: a small set is not
+    pushed over data.max_reject_fraction by its own metadata. In a training source the same file is still
+    reported as a file ingest could not label."""
+    root = tmp_path / "data" / "external" / "small"
+    for i in range(4):
+        save(root / ("yes" if i % 2 else "no") / f"P1_t2_z{i:03d}.png", scan(i))
+    rows = "".join(f"P1_t2_z{i:03d}.png,S7,T2,{i}\n" for i in range(4))
+    (root / "labels.csv").write_text("file,subject,modality,z\n" + rows)
+    params = typed(make_tiny_params() | {"data": make_tiny_params()["data"] | {"max_reject_fraction": 0.1}})
+    monkeypatch.chdir(tmp_path)
+    found = read_external("data/external/small", params.data)
+    assert (found.ingest["files_seen"], found.ingest["accepted"], found.ingest["rejected"]) == (4, 4, 0)
+    assert found.slices["subject"].tolist() == ["S7"] * 4 and sorted(found.labels.tolist()) == [0, 0, 1, 1]
+    items, _ = list_items(root, folder_label_map(params.data))
+    assert {item.source: item.reason for item in items}["labels.csv"] == "no_label_for_folder"
 
 
 def test_a_labels_csv_that_cannot_be_read_is_one_error_naming_it(tmp_path):

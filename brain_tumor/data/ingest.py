@@ -16,7 +16,7 @@ import io
 import os
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
@@ -220,9 +220,13 @@ def folder_items(root: Path, files: list[PurePosixPath], labels: dict[str, str],
     return items
 
 
-def list_items(root: Path, labels: dict[str, str], name: str | None = None) -> tuple[list[Item], int]:
+def list_items(
+    root: Path, labels: dict[str, str], name: str | None = None, metadata: Collection[str] = ()
+) -> tuple[list[Item], int]:
     """All input items under root with labels (refused entries included), and the number of system files
-    (e.g. __MACOSX) skipped. `name` is how messages call `root` (the user's source, not a scratch folder)."""
+    (e.g. __MACOSX) skipped. `name` is how messages call `root` (the user's source, not a scratch folder).
+    `metadata`: files at the top that a folder-layout source documents itself with (an external set's
+    labels.csv): neither scans nor files that could not be labelled, so not counted."""
     name = name or str(root)
     files, refused = scan_files(root)
     system = sum(is_system_file(f) for f in files)
@@ -230,7 +234,10 @@ def list_items(root: Path, labels: dict[str, str], name: str | None = None) -> t
         refused_text = f" ({reasons_text(Counter(item.reason for item in refused))} refused)" if refused else ""
         raise PipelineError(f"{name}: no files found{refused_text}")
     tables = find_label_tables(root, files, name)
-    items = kaggle_items(root, files, tables, name, refused) if tables else folder_items(root, files, labels, name)
+    if tables:
+        items = kaggle_items(root, files, tables, name, refused)
+    else:
+        items = folder_items(root, [f for f in files if f.as_posix() not in metadata], labels, name)
     return refused + items, system
 
 
@@ -359,14 +366,15 @@ def ingest_folder(
     pre_rejected: Iterable[Item] = (),
     source_name: str | None = None,
     both_classes: bool = True,
+    metadata: Collection[str] = (),
 ) -> dict:
     """Read the dataset at `root` into `out_dir` (images/, manifest.csv, files.csv); return the report.
 
     Nothing is written to `out_dir` unless the run succeeds; data with one class only is an error here,
-    before any training (`both_classes`; an external test set may hold one class).
+    before any training (`both_classes`; an external test set may hold one class). `metadata`: list_items'.
     """
     name = source_name or str(root)
-    items, system_files = list_items(root, labels, name)
+    items, system_files = list_items(root, labels, name, metadata)
     items = list(pre_rejected) + items
     with atomic_dir(out_dir) as tmp:
         image_dir = tmp / "images"

@@ -82,7 +82,13 @@ def read_external(path: str, data: DataParams) -> ExternalSet:
             root, refused = open_source(path, EXTERNAL_DIR, work, max_bytes, key="evaluate.external")
         settings = ingest_settings(data)
         report = ingest_folder(
-            root, work / "dataset", **settings, pre_rejected=refused, source_name=path, both_classes=False
+            root,
+            work / "dataset",
+            **settings,
+            pre_rejected=refused,
+            source_name=path,
+            both_classes=False,
+            metadata=(LABELS_FILE,),
         )
         manifest = DATASET_MANIFEST.read(work / "dataset" / "manifest.csv")
         slices = slice_table(root / LABELS_FILE, manifest["source"].tolist())
