@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from intensity_tta import figures, measured_sets  # this folder's: run as a script
+from intensity_tta import external_sets, figures, measured_sets  # this folder's: run as a script
 
 from brain_tumor.evaluation.metrics import p_tumor
 from brain_tumor.evaluation.predictions import predict_logits
@@ -21,10 +21,10 @@ from brain_tumor.training.checkpoint import load_trained
 def main(paths: list[str]) -> None:
     if len(paths) < 2:
         raise SystemExit("error: name two or more model files")
-    scores, labels = {}, {}
+    scores, labels, external = {}, {}, external_sets()  # read once, resized per model
     for path in paths:
         model, meta = load_trained(Path(path))
-        for name, (images, y) in measured_sets(meta["image_size"]).items():
+        for name, (images, y) in measured_sets(meta["image_size"], external).items():
             scores[path, name], labels[name] = p_tumor(predict_logits(model, images, 64)), y
         cells = [f"{name}: {figures(y, scores[path, name])}" for name, y in labels.items()]
         print(f"{Path(path).parent.name}/{Path(path).name} | " + " | ".join(cells), flush=True)

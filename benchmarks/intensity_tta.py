@@ -15,7 +15,7 @@ import numpy as np
 
 from brain_tumor.core.arrays import load_split
 from brain_tumor.core.params import load_params
-from brain_tumor.evaluation.external import read_external, resized
+from brain_tumor.evaluation.external import ExternalSet, read_external, resized
 from brain_tumor.evaluation.metrics import p_tumor, roc_auc
 from brain_tumor.evaluation.predictions import predict_logits
 from brain_tumor.training.checkpoint import load_trained
@@ -67,13 +67,17 @@ def figures(y: np.ndarray, p: np.ndarray) -> str:
     return f"acc {np.mean(called == y):.3f} sens {sens} spec {spec} auc {auc}"
 
 
-def measured_sets(size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{name: (uint8 NHWC scans at `size`, labels)}: the internal test split and each of `evaluate.external`."""
+def external_sets() -> list[ExternalSet]:
     params = load_params()
+    return [read_external(path, params.data) for path in params.evaluate.external]
+
+
+def measured_sets(size: int, external: list[ExternalSet] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{name: (uint8 NHWC scans at `size`, labels)}: the internal test split and each of `evaluate.external`
+    (`external`: those sets read already)."""
     test = load_split(Path("data/split"), "test", size)
     sets = {"internal test": (np.asarray(test.images), test.labels)}
-    for path in params.evaluate.external:
-        found = read_external(path, params.data)
+    for found in external_sets() if external is None else external:
         sets[found.name] = (resized(found.images, size), found.labels)
     return sets
 

@@ -1,12 +1,13 @@
 """The README's headline table, rendered from one real-set run's metric files, so no figure in it is typed by hand.
 
-    python scripts/headline.py                   # exit 1 with one line when README.md's table is not the record's
-    python scripts/headline.py --write           # rewrite the table in README.md from docs/real-run/
-    python scripts/headline.py --record metrics --write   # after a real-set run: take its metric files first
+    python scripts/headline.py           # exit 1 with one line when README.md's table is not the record's
+    python scripts/headline.py --write   # rewrite the table in README.md from docs/real-run/
+    python scripts/headline.py --record metrics --measured "2026-12-08 on ..., commit abc1234, model md5 ..."
+        # after a real-set run of the default params: replace the record with its metric files, then --write
 
 The record, `docs/real-run/`, holds the files evaluate wrote for the default transfer model on the real set
 (`split.json`, `test_operating_point/*.json`, `external/*.json`) and `about.json` (when, where, which commit,
-and a few words on each external set). docs/results.md is the one results table; the README links it.
+and a few words on each external set). The table of every recipe tried is docs/results.md's.
 """
 
 from __future__ import annotations
@@ -22,13 +23,12 @@ RECORD = ROOT / "docs" / "real-run"
 README = ROOT / "README.md"
 BEGIN = "<!-- headline: rendered by scripts/headline.py from docs/real-run/, do not edit by hand -->"
 END = "<!-- /headline -->"
-RECORDED = ("split.json", "test_operating_point/accuracy.json", "test_operating_point/roc_auc.json",
-            "test_operating_point/recall.json", "test_operating_point/specificity.json")  # fmt: skip
+INTERNAL = ("accuracy", "roc_auc", "recall", "specificity")  # test_operating_point/<name>.json
 MODEL = "transfer"
 
 
 def read(record: Path, name: str) -> dict:
-    return json.loads((record / name).read_text())
+    return json.loads((record / name).read_text(encoding="utf-8"))
 
 
 def with_interval(figures: dict, key: str, digits: int = 3) -> str:
@@ -40,9 +40,10 @@ def with_interval(figures: dict, key: str, digits: int = 3) -> str:
 def internal_row(record: Path) -> str:
     test = read(record, "split.json")["test"]
     figures = {}
-    for name in ("accuracy", "roc_auc", "recall", "specificity"):
+    for name in INTERNAL:
         values = read(record, f"test_operating_point/{name}.json")
-        figures |= {key.replace(MODEL, name): value for key, value in values.items() if key.startswith(MODEL)}
+        figures |= {name: values[MODEL], f"{name}_ci_lower": values.get(f"{MODEL}_ci_lower")}
+        figures[f"{name}_ci_upper"] = values.get(f"{MODEL}_ci_upper")
     return (
         f"| **inside its collection** ({test['tumor'] + test['non_tumor']} test scans of a leak-free split) "
         f"| accuracy **{with_interval(figures, 'accuracy')}**, ROC AUC {figures['roc_auc']:.4f}, "
@@ -50,31 +51,34 @@ def internal_row(record: Path) -> str:
     )
 
 
-def external_row(name: str, about: str, metrics: dict) -> str:
-    point, novelty = metrics["models"][MODEL]["operating_point"], metrics["models"][MODEL]["novelty"]
-    tumor, non_tumor = metrics["unseen_tumor"], metrics["unseen_non_tumor"]
-    if point["roc_auc"] is None:
-        verdict = f"sensitivity **{with_interval(point, 'recall')}** ({tumor} tumour scans, no no-tumour scans)"
-    else:
-        verdict = (
+def verdict(point: dict, tumor: int, non_tumor: int) -> str:
+    """ROC AUC where the set has both classes, else the rate its one class allows."""
+    if tumor and non_tumor:
+        return (
             f"ROC AUC **{with_interval(point, 'roc_auc', 2)}**, sensitivity {point['recall']:.2f}, "
             f"specificity {point['specificity']:.2f} ({tumor} tumour, {non_tumor} no-tumour scans)"
         )
-    flagged = f"{novelty['flagged']:.0%}"
+    if tumor:
+        return f"sensitivity **{with_interval(point, 'recall')}** ({tumor} tumour scans, no no-tumour scans)"
+    return f"specificity **{with_interval(point, 'specificity')}** ({non_tumor} no-tumour scans, no tumour scans)"
+
+
+def external_row(name: str, about: str, metrics: dict) -> str:
+    point, novelty = metrics["models"][MODEL]["operating_point"], metrics["models"][MODEL]["novelty"]
     return (
-        f"| `{name}` ({about}) | {verdict}; novelty warning on {flagged} of its scans "
+        f"| `{name}` ({about}) | {verdict(point, metrics['unseen_tumor'], metrics['unseen_non_tumor'])}; "
+        f"novelty warning on {novelty['flagged']:.0%} of its scans "
         f"(ROC AUC {novelty['roc_auc_vs_internal_test']:.3f} against the internal test scans) |"
     )
 
 
 def render(record: Path = RECORD) -> str:
     about = read(record, "about.json")
-    rows = [internal_row(record)]
-    internal_flagged = None
-    for name, words in about["external_sets"].items():
-        metrics = read(record, f"external/{name}.json")
-        rows.append(external_row(name, words, metrics))
-        internal_flagged = metrics["models"][MODEL]["novelty"]["internal_test_flagged"]
+    measured = {name: read(record, f"external/{name}.json") for name in about["external_sets"]}
+    rows = [internal_row(record)] + [external_row(n, about["external_sets"][n], m) for n, m in measured.items()]
+    flagged = [m["models"][MODEL]["novelty"]["internal_test_flagged"] for m in measured.values()][:1]
+    sentence = "The novelty warning of `brain-tumor predict` fires on {:.1%} of the internal test scans."
+    warning = [sentence.format(share) for share in flagged]
     return "\n".join(
         [
             BEGIN,
@@ -86,44 +90,57 @@ def render(record: Path = RECORD) -> str:
             "|---|---|",
             *rows,
             "",
-            f"The novelty warning of `brain-tumor predict` fires on {internal_flagged:.1%} of the internal test scans.",
+            *warning,
             END,
         ]
     )
 
 
 def replaced(text: str, table: str) -> str:
-    if text.count(BEGIN) != 1 or text.count(END) != 1:
-        raise SystemExit(f"error: {README.name}: expected one '{BEGIN}' line and one '{END}' line")
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise SystemExit(f"error: {README.name}: expected one '{BEGIN}' line and, after it, one '{END}' line")
     head, rest = text.split(BEGIN)
     return head + table + rest.split(END, 1)[1]
 
 
-def take_record(metrics: Path) -> None:
-    """Copy a run's metric files into the record (about.json stays: edit its date and commit by hand)."""
-    names = [*RECORDED, "external/summary.json"]
-    names += [f"external/{name}.json" for name in read(RECORD, "about.json")["external_sets"]]
-    for name in names:
+def take_record(metrics: Path, measured: str, record: Path = RECORD) -> None:
+    """Replace the record with a run's metric files; every external set needs its few words in about.json."""
+    about = read(record, "about.json")
+    names = sorted(p.stem for p in (metrics / "external").glob("*.json") if p.stem not in ("summary", "sets"))
+    files = ["split.json", *(f"test_operating_point/{n}.json" for n in INTERNAL)]
+    files += [f"external/{name}.json" for name in [*names, "summary"]]
+    for name in files:
         if not (metrics / name).is_file():
             raise SystemExit(f"error: {metrics / name}: missing; run evaluate on the real set first")
-    for name in names:
-        (RECORD / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(metrics / name, RECORD / name)
+    unknown = [name for name in names if name not in about["external_sets"]]
+    if unknown:
+        raise SystemExit(f"error: {record / 'about.json'}: no description of the external set {unknown[0]!r}")
+    for folder in ("test_operating_point", "external"):
+        shutil.rmtree(record / folder, ignore_errors=True)
+    for name in files:
+        (record / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(metrics / name, record / name)
+    about |= {"measured": measured, "external_sets": {name: about["external_sets"][name] for name in names}}
+    (record / "about.json").write_text(json.dumps(about, indent=2) + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="rewrite README.md's table")
-    parser.add_argument("--record", type=Path, help="a real-set run's metrics/ folder to record first")
+    parser.add_argument("--record", type=Path, help="a real-set run's metrics/ folder to record (implies --write)")
+    parser.add_argument("--measured", help="with --record: when, on what machine, at which commit, which model")
     args = parser.parse_args(argv)
     if args.record:
-        take_record(args.record)
-    text = README.read_text()
+        if not args.measured:
+            parser.error("--record needs --measured: the date, machine, commit and model of that run")
+        take_record(args.record, args.measured)
+    text = README.read_text(encoding="utf-8")
     new = replaced(text, render())
-    if args.write:
-        README.write_text(new)
+    if args.write or args.record:
+        README.write_text(new, encoding="utf-8")
     elif new != text:
-        print(f"error: {README.name}: its headline table is not docs/real-run/'s; run scripts/headline.py --write")
+        message = f"error: {README.name}: its headline table is not docs/real-run/'s; run scripts/headline.py --write"
+        print(message, file=sys.stderr)
         return 1
     return 0
 

@@ -27,8 +27,8 @@ from PIL import Image
 PROJECT = Path(__file__).resolve().parents[1]
 
 # One thread per process in the tests (brain_tumor/core/numerics.py): `make test` runs a worker per core, and
-# each starts stage processes; two processes of two OpenMP threads each on two cores ran 22-25% slower than
-# two of one thread (docs/benchmarks.md). Set before the package is imported here, so in-process runs and
+# each starts stage processes; two processes of one thread each on two cores finished 22-25% sooner than
+# two of two OpenMP threads each (docs/benchmarks.md). Set before the package is imported here, so in-process runs and
 # stage processes sum their floats alike; the bytes are not a default run's, and no test compares with one.
 os.environ.setdefault("BRAIN_TUMOR_THREADS", "1")
 

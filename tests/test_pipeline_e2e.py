@@ -17,6 +17,7 @@ import yaml
 from conftest import PROJECT, STAGE_NAMES, copy_of, executed_stages, sh, venv_env
 from PIL import Image
 
+from brain_tumor.core.numerics import threads
 from brain_tumor.core.params import read_yaml
 
 pytestmark = pytest.mark.e2e
@@ -114,7 +115,7 @@ def test_a_rerun_that_writes_other_bytes_is_named_in_one_line_at_the_end(baselin
     shutil.copy(repo / "dvc.lock", committed)
     check = ["python", "scripts/lock_check.py", "--before", str(committed)]
     assert sh(check, repo).stderr == ""  # reproduced (test_fresh_clone_reproduces_the_lock_byte_for_byte)
-    other = "2" if os.environ["BRAIN_TUMOR_THREADS"] == "1" else "1"  # the suite's count is conftest's
+    other = 2 if threads() == 1 else 1  # the suite's count is conftest's
     sh(["env", f"BRAIN_TUMOR_THREADS={other}", "dvc", "repro", "--force", "--single-item", "train-scratch"], repo)
     sh(["dvc", "repro"], repo)  # evaluate and export follow the other model
     lines = sh(check, repo).stderr.splitlines()

@@ -25,13 +25,13 @@ import pandas as pd
 
 from brain_tumor.core.console import progress
 from brain_tumor.core.errors import PipelineError, one_line
-from brain_tumor.data.images import RejectedFile, decode_scan, perceptual_hash, pixel_sha256, save_png
+from brain_tumor.core.faults import pause_point
 from brain_tumor.core.labels import CLASSES, require_both_classes
 from brain_tumor.core.outputs import atomic_dir, atomic_write, scratch_dir, write_json, write_table
 from brain_tumor.core.params import DataParams, Params
-from brain_tumor.data.sources import Item, is_system_file, safe_extract, scan_files
-from brain_tumor.core.faults import pause_point
 from brain_tumor.core.stage import worker_pool
+from brain_tumor.data.images import RejectedFile, decode_scan, perceptual_hash, pixel_sha256, save_png
+from brain_tumor.data.sources import Item, is_system_file, safe_extract, scan_files
 
 
 @dataclass
@@ -221,12 +221,12 @@ def folder_items(root: Path, files: list[PurePosixPath], labels: dict[str, str],
 
 
 def list_items(
-    root: Path, labels: dict[str, str], name: str | None = None, metadata: Collection[str] = ()
+    root: Path, labels: dict[str, str], name: str | None = None, describing_files: Collection[str] = ()
 ) -> tuple[list[Item], int]:
     """All input items under root with labels (refused entries included), and the number of system files
     (e.g. __MACOSX) skipped. `name` is how messages call `root` (the user's source, not a scratch folder).
-    `metadata`: files at the top that a folder-layout source documents itself with (an external set's
-    labels.csv): neither scans nor files that could not be labelled, so not counted."""
+    `describing_files`: files at the top of a folder-layout source that describe its scans (an external
+    set's labels.csv): neither scans nor files that could not be labelled, so neither listed nor counted."""
     name = name or str(root)
     files, refused = scan_files(root)
     system = sum(is_system_file(f) for f in files)
@@ -237,7 +237,7 @@ def list_items(
     if tables:
         items = kaggle_items(root, files, tables, name, refused)
     else:
-        items = folder_items(root, [f for f in files if f.as_posix() not in metadata], labels, name)
+        items = folder_items(root, [f for f in files if f.as_posix() not in describing_files], labels, name)
     return refused + items, system
 
 
@@ -315,9 +315,12 @@ def ingest_settings(data: DataParams) -> dict:
     }
 
 
-def mark_duplicates(decoded: pd.DataFrame, near_duplicate_distance: int, image_dir: Path) -> tuple[pd.DataFrame, object]:
+def mark_duplicates(
+    decoded: pd.DataFrame, near_duplicate_distance: int, image_dir: Path
+) -> tuple[pd.DataFrame, pd.Index]:
     """Each decoded file's status (accepted, duplicate, rejected), id and near-duplicate group; groups whose
-    members disagree on the label are set aside (their images removed): neither class can claim them."""
+    members disagree on the label are set aside (their images removed): neither class can claim them, and
+    their group numbers are returned."""
     # exact duplicates: one canonical image per pixel hash, the first source (sorted) wins
     good = decoded["reason"].isna()
     canonical = good & ~decoded["sha256"].where(good).duplicated()
@@ -366,15 +369,15 @@ def ingest_folder(
     pre_rejected: Iterable[Item] = (),
     source_name: str | None = None,
     both_classes: bool = True,
-    metadata: Collection[str] = (),
+    describing_files: Collection[str] = (),
 ) -> dict:
     """Read the dataset at `root` into `out_dir` (images/, manifest.csv, files.csv); return the report.
 
     Nothing is written to `out_dir` unless the run succeeds; data with one class only is an error here,
-    before any training (`both_classes`; an external test set may hold one class). `metadata`: list_items'.
+    before any training (`both_classes`; an external test set may hold one class). `describing_files`: as list_items.
     """
     name = source_name or str(root)
-    items, system_files = list_items(root, labels, name, metadata)
+    items, system_files = list_items(root, labels, name, describing_files)
     items = list(pre_rejected) + items
     with atomic_dir(out_dir) as tmp:
         image_dir = tmp / "images"

@@ -26,7 +26,13 @@ def write_people_report(
 ) -> None:
     """reports/data: data_report.md and its figures (figures/*.png), for a person to read. `statistics`: the
     shortcut check's image statistics, one row per image, with its class."""
-    from brain_tumor.data.figures import class_balance_figure, leakage_figure, pair_sheet, samples_figure, statistics_figure
+    from brain_tumor.data.figures import (
+        class_balance_figure,
+        leakage_figure,
+        pair_sheet,
+        samples_figure,
+        statistics_figure,
+    )
 
     figures = out_dir / "figures"
     class_balance_figure({s: split[s] for s in SPLITS}, figures / "class_balance.png")

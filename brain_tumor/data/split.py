@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 
 from brain_tumor.core.contracts import DATASET_MANIFEST
-from brain_tumor.data.report import write_people_report
 from brain_tumor.core.errors import PipelineError
 from brain_tumor.core.labels import CLASSES, SPLITS, require_both_classes
 from brain_tumor.core.outputs import atomic_dir, write_json, write_table
 from brain_tumor.core.params import Params, SplitParams
+from brain_tumor.data.report import write_people_report
 from brain_tumor.data.shortcuts import ACQUISITION_KINDS, STATISTICS, shortcut_check, statistics_table, warning_line
 from brain_tumor.data.similarity import (
     Grouping,

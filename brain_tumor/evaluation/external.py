@@ -88,7 +88,7 @@ def read_external(path: str, data: DataParams) -> ExternalSet:
             pre_rejected=refused,
             source_name=path,
             both_classes=False,
-            metadata=(LABELS_FILE,),
+            describing_files=(LABELS_FILE,),
         )
         manifest = DATASET_MANIFEST.read(work / "dataset" / "manifest.csv")
         slices = slice_table(root / LABELS_FILE, manifest["source"].tolist())
