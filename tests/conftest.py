@@ -349,7 +349,8 @@ def model_record(kind: str, image_size: int) -> dict:
     """A complete model record, as a training stage writes it."""
     return {
         "kind": kind, "image_size": image_size, "classes": ["non_tumor", "tumor"], "mean": [0.5] * 3,
-        "std": [0.5] * 3, "head": "linear", "unfreeze_last": 0, "tta_flip": False, "precision": "fp32",
+        "std": [0.5] * 3, "head": "linear", "unfreeze_last": 0, "tta_flip": False, "head_standardisation": "none",
+        "precision": "fp32",
         "epoch": 1, "val_loss": 0.5, "val_accuracy": 0.5, "split_manifest_sha256": "0" * 64,
     }  # fmt: skip
 
@@ -392,7 +393,8 @@ def build_tiny_models(base: Path, params: dict) -> None:
     """A tiny synthetic split in `base`, both models trained on it, their threshold and novelty files (as the
     evaluate stage writes them) and their ONNX exports.
 
-    The transfer model sees 64 px (MobileNetV2's last block is then 2x2, so Grad-CAM has a map to show).
+    The transfer model sees 64 px (MobileNetV2's last block is then 2x2, so Grad-CAM has a map to show) and
+    histogram-standardises each scan (`head_standardisation`).
     """
     from brain_tumor.core.arrays import load_split
     from brain_tumor.core.outputs import file_sha256
@@ -404,7 +406,9 @@ def build_tiny_models(base: Path, params: dict) -> None:
     from brain_tumor.training import train
     from brain_tumor.training.checkpoint import load_trained
 
-    params = params | {"train_transfer": params["train_transfer"] | {"image_size": 64}}
+    # the served model standardises each head's histogram: its ONNX graph and predict paths are tested with it
+    served = {"image_size": 64, "head_standardisation": "histogram"}
+    params = params | {"train_transfer": params["train_transfer"] | served}
     reads: dict[str, set[str]] = {}  # per stage, the params its entry point read (tests/test_dvc_yaml.py)
 
     def params_of(stage: str):

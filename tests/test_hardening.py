@@ -374,6 +374,7 @@ def test_damaged_model_file_is_one_line_error(tmp_path, damage):
         ({"val_accuracy": 1.5}, "val_accuracy"),
         ({"precision": "fp8"}, "precision"),
         ({"tta_flip": 1}, "tta_flip"),
+        ({"head_standardisation": "zscore"}, "head_standardisation"),
     ],
 )
 def test_a_model_record_out_of_range_is_one_line_before_anything_is_built(tmp_path, change, key):
@@ -382,6 +383,14 @@ def test_a_model_record_out_of_range_is_one_line_before_anything_is_built(tmp_pa
     with pytest.raises(PipelineError) as err:
         load_trained(path)
     assert str(err.value).startswith(f"{path}: model record") and repr(key) in str(err.value), err.value
+
+
+def test_a_model_file_from_before_head_standardisation_loads_as_without_it(tmp_path):
+    path = tmp_path / "scratch.pt"
+    record = {k: v for k, v in model_record("scratch", 32).items() if k != "head_standardisation"}
+    torch.save({"state_dict": ScratchCNN(32).state_dict(), "meta": record}, path)
+    model, meta = load_trained(path)
+    assert meta["head_standardisation"] == "none" and isinstance(model.standardise, torch.nn.Identity)
 
 
 def test_temporaries_of_dead_processes_are_swept_and_live_ones_kept(tmp_path):

@@ -1,18 +1,22 @@
 import re
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
 from brain_tumor.core.errors import PipelineError
+from brain_tumor.core.resize import MEAN, STD, standardise
 from brain_tumor.training.models import (
     ScratchCNN,
     TransferNet,
+    build_network,
     load_imagenet_backbone,
     resolve_weights,
     verified,
     weights_candidates,
 )
+from brain_tumor.training.standardisation import HeadHistogram
 
 
 @pytest.mark.parametrize("size", [32, 64, 224])
@@ -68,3 +72,41 @@ def test_unfreeze_last_trains_last_blocks():
     assert trainable == {"17", "18"}
     with pytest.raises(PipelineError, match=r"^train_transfer.unfreeze_last: 40 is not between 0 and 19$"):
         TransferNet("linear", unfreeze_last=40)
+
+
+def _scans(*heads: np.ndarray) -> torch.Tensor:
+    """Greyscale uint8 heads -> the normalised RGB batch a model takes."""
+    batch = np.stack([np.repeat(h[..., None], 3, -1) for h in heads])
+    return standardise(torch.from_numpy(batch).permute(0, 3, 1, 2).float())
+
+
+def test_head_histogram_is_the_same_under_any_increasing_remap_of_the_head():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:48, :48]
+    head = (yy - 24) ** 2 + (xx - 24) ** 2 < 20**2
+    scan = np.where(head, rng.integers(30, 120, (48, 48)), 0).astype(np.uint8)
+    brighter = np.where(head, 2 * scan.astype(int) + 11, 0).astype(np.uint8)  # another window: gain and offset
+    out = HeadHistogram()(_scans(scan, brighter, scan.T))
+    assert torch.equal(out[0], out[1])
+    assert not torch.equal(out[0], out[2])  # it keeps where things are
+    grey = out[0, 0] * STD[0] + MEAN[0]  # back to [0, 1]
+    assert torch.equal(out[0, 0], out[0, 1]) and torch.equal(out[0, 1], out[0, 2])
+    assert torch.all(grey[~torch.from_numpy(head)] == 0)  # the background stays black
+    assert grey.max() == 1 and grey[torch.from_numpy(head)].min() > 0  # the head spans (0, 1]
+    assert torch.equal(HeadHistogram()(_scans(np.zeros((48, 48), np.uint8))), _scans(np.zeros((48, 48), np.uint8)))
+
+
+@pytest.mark.parametrize("kind", ["scratch", "transfer"])
+def test_head_standardisation_is_the_models_first_layer_and_adds_no_weights(kind):
+    record = {"kind": kind, "image_size": 32, "head": "linear", "unfreeze_last": 2, "tta_flip": False}
+    plain, standardised = (build_network(record | {"head_standardisation": s}) for s in ("none", "histogram"))
+    assert plain.state_dict().keys() == standardised.state_dict().keys()
+    if kind == "transfer":
+        load_imagenet_backbone(plain, resolve_weights())  # a random backbone's features die out: all inputs alike
+    standardised.load_state_dict(plain.state_dict())
+    scan = np.where(np.add.outer(np.arange(32), np.arange(32)) % 7 > 1, 90, 0).astype(np.uint8)
+    x = _scans(scan, (scan * 1.5).astype(np.uint8))
+    with torch.no_grad():
+        assert torch.equal(standardised.eval()(x)[0], standardised(x)[1])  # one window or another: one verdict
+        assert not torch.equal(plain.eval()(x)[0], plain(x)[1])  # without it the window shows
+        assert torch.equal(standardised(x), plain(HeadHistogram()(x)))

@@ -106,9 +106,9 @@ def trained_state(kind, params, split_dir, out: Path, **kw) -> dict:
         {"unfreeze_last": 2, "augment": True, "tta_flip": True, "label_smoothing": 0.1, "lr_schedule": "cosine"}
         | {"lr": 1e-7},
         {"unfreeze_last": 0, "augment": True, "tta_flip": True, "intensity_looks": 1, "domain_looks": 2}
-        | {"balance_acquisition": True, "lesion_copies": 1},
+        | {"balance_acquisition": True, "lesion_copies": 1, "head_standardisation": "histogram"},
     ],
-    ids=["frozen-backbone", "last-blocks-flips-tta", "looks-balanced"],
+    ids=["frozen-backbone", "last-blocks-flips-tta", "looks-balanced-standardised"],
 )
 def test_frozen_prefix_computed_once_matches_full_forward(split_dir, tiny_params, tmp_path, changes):
     params = tiny_params | {"train_transfer": tiny_params["train_transfer"] | changes}

@@ -262,6 +262,7 @@ class TrainParams:
     domain_looks: int = spec(Int(0, 16, default=0))  # domain-randomised views per training scan (domain.py)
     lesion_copies: int = spec(Int(0, 4, default=0))  # lesioned copies of each no-tumour training scan (lesions.py)
     balance_acquisition: bool = spec(Bool(default=False))  # T1-like and T2-like drawn equally within a class
+    head_standardisation: str = spec(Choice(("none", "histogram"), default="none"))  # standardisation.py
     precision: str = spec(Choice(("fp32", "bf16", "auto")))
 
 

@@ -129,6 +129,7 @@ def model_facts(m: ModelFile) -> dict[str, str]:
         "kind": m.meta["kind"],
         "image size": f"{m.meta['image_size']} px",
         "flip averaging (TTA), as validated and served": "on" if m.meta["tta_flip"] else "off",
+        "head standardisation (the model's first layer)": m.meta["head_standardisation"],
         "epochs run / best epoch": f"{m.training.get('epochs', '?')} / {m.meta['epoch']}",
         "best validation loss": number(m.meta["val_loss"]),
         "trained on split manifest (sha256)": f"`{m.meta['split_manifest_sha256']}`",

@@ -49,6 +49,7 @@ def metadata(model_path: Path, meta: dict, point: dict) -> dict[str, str]:
         "kind": meta["kind"],
         "head": str(meta.get("head", "")),
         "tta_flip": json.dumps(meta["tta_flip"]),  # the graph averages the scan's and its mirror's logits
+        "head_standardisation": meta["head_standardisation"],  # in the graph: the input contract is unchanged
         "epoch": str(meta.get("epoch", "")),
         "val_loss": str(meta.get("val_loss", "")),
         "source_model": model_path.name,

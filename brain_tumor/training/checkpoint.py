@@ -29,12 +29,14 @@ META_TYPES = {  # the record every model file carries, and the type of each entr
     "head": str,
     "unfreeze_last": int,
     "tta_flip": bool,  # flip averaging in eval mode: part of what the model computes
+    "head_standardisation": str,  # the model's first layer (standardisation.py)
     "precision": str,  # what training ran in (fp32 or bf16): how closely evaluate must repeat its figures
     "epoch": int,
     "val_loss": float,
     "val_accuracy": float,
     "split_manifest_sha256": str,
 }
+OPTIONAL_META = {"head_standardisation": "none"}  # what a model file from before the entry existed computes
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -61,6 +63,7 @@ def _bounded(meta: dict) -> str | None:
         "image_size": lambda v: _parses(spec["image_size"], v),
         "unfreeze_last": lambda v: meta["kind"] == "scratch" or _parses(spec["unfreeze_last"], v),
         "head": lambda v: meta["kind"] == "scratch" or _parses(spec["head"], v),
+        "head_standardisation": lambda v: _parses(spec["head_standardisation"], v),
         "precision": lambda v: v in PRECISIONS,
         "classes": lambda v: v == list(CLASSES),
         "mean": lambda v: len(v) == 3 and all(_typed(x, float) and math.isfinite(x) for x in v),
@@ -84,6 +87,7 @@ def check_meta(meta: object, path: Path) -> dict:
     """The model file's record, checked for every entry, type and range; a PipelineError naming what is wrong."""
     if not isinstance(meta, dict):
         raise PipelineError(f"{path}: no model record; retrain it (dvc repro)")
+    meta = OPTIONAL_META | meta
     for key, kind in META_TYPES.items():
         value = meta.get(key)
         if value is None or not _typed(value, kind):

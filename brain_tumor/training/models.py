@@ -11,6 +11,7 @@ from torch import nn
 from brain_tumor.core.errors import PipelineError
 from brain_tumor.core.outputs import file_sha256
 from brain_tumor.core.params import TrainParams, TransferParams
+from brain_tumor.training.standardisation import standardiser
 
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"  # torchvision's MobileNet_V2_Weights.IMAGENET1K_V1
 WEIGHTS_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
@@ -20,9 +21,10 @@ WEIGHTS_URL = f"https://download.pytorch.org/models/{WEIGHTS_FILE}"
 class ScratchCNN(nn.Module):
     """The seed notebook's CNN: 2 conv blocks, then 16*(s/4)^2 -> 2048 -> 512 -> 128 -> 2."""
 
-    def __init__(self, image_size: int = 224, tta: bool = False):
+    def __init__(self, image_size: int = 224, tta: bool = False, standardisation: str = "none"):
         super().__init__()
         self.tta = tta  # in eval mode, average the logits over the scan and its mirror
+        self.standardise = standardiser(standardisation)  # no weights: the state_dict is the same either way
         if image_size % 4:
             raise PipelineError(f"train_scratch.image_size: {image_size} is not a multiple of 4")
         self.features = nn.Sequential(
@@ -45,11 +47,13 @@ class ScratchCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return flip_averaged(lambda v: self.classifier(self.features(v)), x, self.tta and not self.training)
+        return flip_averaged(
+            lambda v: self.classifier(self.features(self.standardise(v))), x, self.tta and not self.training
+        )
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Each channel's mean and spread after the conv blocks (32 values): the novelty score's space."""
-        return spread(self.features(x))
+        return spread(self.features(self.standardise(x)))
 
 
 def flip_averaged(forward, x: torch.Tensor, average: bool) -> torch.Tensor:
@@ -76,9 +80,17 @@ class TransferNet(nn.Module):
     and the backbone's output is a pure function of the image (which is what makes feature caching exact).
     """
 
-    def __init__(self, head: str = "linear", image_size: int = 224, unfreeze_last: int = 0, tta: bool = False):
+    def __init__(
+        self,
+        head: str = "linear",
+        image_size: int = 224,
+        unfreeze_last: int = 0,
+        tta: bool = False,
+        standardisation: str = "none",
+    ):
         super().__init__()
         self.tta = tta  # in eval mode, average the logits over the scan and its mirror
+        self.standardise = standardiser(standardisation)  # part of the frozen prefix; no weights
         from torchvision.models import mobilenet_v2
 
         self.backbone = mobilenet_v2(weights=None).features
@@ -108,7 +120,7 @@ class TransferNet(nn.Module):
 
     def prefix_output(self, x: torch.Tensor) -> torch.Tensor:
         """The frozen blocks' output (pooled when the whole backbone is frozen): a pure function of the image."""
-        x = self.backbone[: self.n_frozen](x)
+        x = self.backbone[: self.n_frozen](self.standardise(x))
         return self.pool(x) if self.n_frozen == len(self.backbone) else x
 
     def trainable_part(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,11 +136,11 @@ class TransferNet(nn.Module):
         """Each channel's mean and spread after block EMBED_BLOCK (the 14x14 stage, 96 channels: 192 values), the
         novelty score's space. Of the spaces tried on the shared external sets (the pooled 1280 features before
         the head, early blocks' statistics, this block) it told them from the internal test split best."""
-        return spread(self.backbone[: EMBED_BLOCK + 1](x))
+        return spread(self.backbone[: EMBED_BLOCK + 1](self.standardise(x)))
 
     def frozen_prefix(self) -> nn.Module:
-        """A copy of the frozen blocks for inference only (pooled too when the whole backbone is frozen),
-        each BatchNorm folded into the conv before it.
+        """A copy of the standardisation and the frozen blocks for inference only (pooled too when the whole
+        backbone is frozen), each BatchNorm folded into the conv before it.
 
         Its output is what `trainable_part` takes (pooled when nothing trains). Same function up to float
         rounding, about a third faster on the CPU (BatchNorm was a third of the frozen backbone's time); the
@@ -142,8 +154,9 @@ class TransferNet(nn.Module):
                 for i in range(len(block) - 1):
                     if isinstance(block[i], nn.Conv2d) and isinstance(block[i + 1], nn.BatchNorm2d):
                         block[i], block[i + 1] = fuse_conv_bn_eval(block[i], block[i + 1]), nn.Identity()
+        prefix = nn.Sequential(copy.deepcopy(self.standardise), prefix)
         if self.n_frozen == len(self.backbone):
-            prefix = nn.Sequential(prefix, self.pool)
+            prefix.append(self.pool)
         return prefix.to(memory_format=torch.channels_last)
 
 
@@ -156,6 +169,7 @@ def architecture(kind: str, cfg: TrainParams) -> dict:
         "head": cfg.head if isinstance(cfg, TransferParams) else "",
         "unfreeze_last": cfg.unfreeze_last if isinstance(cfg, TransferParams) else 0,
         "tta_flip": cfg.tta_flip,
+        "head_standardisation": cfg.head_standardisation,
     }
 
 
@@ -163,10 +177,10 @@ def build_network(record: dict) -> nn.Module:
     """The one model factory: training builds its model from `architecture(kind, cfg)`, and every reader
     (evaluate, export, predict) from the record saved with the weights, so the served model computes what
     was validated, flip averaging (tta) included."""
+    size, tta, standardisation = int(record["image_size"]), bool(record["tta_flip"]), record["head_standardisation"]
     if record["kind"] == "scratch":
-        return ScratchCNN(int(record["image_size"]), bool(record["tta_flip"]))
-    size, unfreeze, tta = int(record["image_size"]), int(record["unfreeze_last"]), bool(record["tta_flip"])
-    return TransferNet(record["head"], size, unfreeze, tta)
+        return ScratchCNN(size, tta, standardisation)
+    return TransferNet(record["head"], size, int(record["unfreeze_last"]), tta, standardisation)
 
 
 class GlobalDropout(nn.Dropout):
