@@ -90,6 +90,19 @@ def test_the_prefix_cache_is_keyed_by_batch_size(split_dir, tiny_params, tmp_pat
     assert len(list((tmp_path / "cache").glob("prefix-*"))) == 2
 
 
+@pytest.mark.slow
+def test_the_prefix_cache_is_keyed_by_the_head_standardisation(split_dir, tiny_params, tmp_path, capsys):
+    """A model with another first layer gets its own entry: never the other's, never a rebuild back and forth."""
+    images = load_split(split_dir, "train", tiny_params["train_transfer"]["image_size"])
+    views = {}
+    for kind in ("none", "histogram", "none"):
+        cfg = tiny_params["train_transfer"] | {"unfreeze_last": 2, "head_standardisation": kind}
+        model = train.build_model("transfer", typed(tiny_params | {"train_transfer": cfg}).train_transfer)
+        views.setdefault(kind, prefix.prefix_views(model, images, 1, prefix.PREFIX_BATCH, torch.device("cpu"), None))
+    assert len(list((tmp_path / "cache").glob("prefix-*"))) == 2 and "rebuilding" not in capsys.readouterr().err
+    assert not np.allclose(views["none"], views["histogram"])
+
+
 def trained_state(kind, params, split_dir, out: Path, **kw) -> dict:
     train.train_model(kind, typed(params), split_dir, out / "model.pt", out / "live", **kw)
     return torch.load(out / "model.pt", weights_only=True)

@@ -90,6 +90,7 @@ class TransferNet(nn.Module):
     ):
         super().__init__()
         self.tta = tta  # in eval mode, average the logits over the scan and its mirror
+        self.standardisation = standardisation  # the prefix cache's key names it
         self.standardise = standardiser(standardisation)  # part of the frozen prefix; no weights
         from torchvision.models import mobilenet_v2
 

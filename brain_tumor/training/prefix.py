@@ -24,7 +24,7 @@ from brain_tumor.core.console import progress
 from brain_tumor.core.numerics import signature
 from brain_tumor.core.outputs import cache_dir
 from brain_tumor.core.resize import MEAN, STD
-from brain_tumor.training import domain, intensity
+from brain_tumor.training import domain, intensity, standardisation
 from brain_tumor.training import looks as looks_code
 from brain_tumor.training.batches import Batches
 from brain_tumor.training.device import autocast
@@ -94,18 +94,21 @@ def prefix_views(
     image only), and for each look's mirror when `mirrors` is 2, cached on disk as
     float32: N x (looks x mirrors) x (the prefix's output shape); view look * mirrors + mirror.
 
-    Key: the split's pixels, the looks, the weights' sha256, image size, normalisation, how many blocks
-    are frozen and the prefix's output shape, precision, device type, the batch size (kernels may round
-    differently for another one), and the producing code and library versions.
+    Key: the split's pixels, the looks, the weights' sha256, image size, normalisation, the head
+    standardisation, how many blocks are frozen and the prefix's output shape, precision, device type, the
+    batch size (kernels may round differently for another one), and the producing code and library versions.
     """
     prefix = model.frozen_prefix().to(device)
     size = split.images.shape[1]
     shape = tuple(prefix(torch.zeros(1, 3, size, size, device=device)).shape[1:])
     looks = looks or Looks(0, len(split.labels))
     count = looks.count
-    code = code_fingerprint(prefix_views, to_input, TransferNet, autocast, looks_code, domain, intensity)
+    code = code_fingerprint(
+        prefix_views, to_input, TransferNet, autocast, looks_code, domain, intensity, standardisation
+    )
     key = hashlib.sha256(
-        f"{split.key} {WEIGHTS_SHA256} {split.images.shape} {MEAN} {STD} {model.n_frozen} {shape} {mirrors} {amp} "
+        f"{split.key} {WEIGHTS_SHA256} {split.images.shape} {MEAN} {STD} {model.standardisation} {model.n_frozen} "
+        f"{shape} {mirrors} {amp} "
         f"{batch_size} {device.type} {signature()} {code}".encode()
     )
     if count > 1:

@@ -37,7 +37,7 @@ class HeadHistogram(nn.Module):
         grey = ((x * self.std + self.mean).mean(1) * 255).clamp(0, LEVELS - 1).round().long()  # N x H x W
         levels = grey.flatten(1)
         head = (levels > HEAD_LEVEL).float()
-        counts = torch.zeros(len(x), LEVELS, device=x.device).scatter_add(1, levels, head)
+        counts = head.new_zeros(head.shape[0], LEVELS).scatter_add(1, levels, head)  # shape[0]: a dynamic batch
         cdf = counts.cumsum(1) / counts.sum(1, keepdim=True).clamp(min=1)
         equalised = (cdf.gather(1, levels) * head).view_as(grey).unsqueeze(1)
         return ((equalised - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
