@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import make_tiny_params
+from conftest import make_tiny_params, model_record
 
 from brain_tumor.core.errors import PipelineError
 from brain_tumor.core.params import typed
@@ -56,7 +56,7 @@ def model_run(tmp_path, name: str, rows: pd.DataFrame, rng: np.random.Generator,
 
     (y_val, p_val), (y_test, p_test) = p_tumor("val"), p_tumor("test")
     point = ev.choose_threshold(y_val, p_val, 0.95)
-    meta = {"kind": name, "image_size": 32, "epoch": 3, "val_loss": 0.41, "tta_flip": name == "transfer"}
+    meta = model_record(name, 32) | {"epoch": 3, "val_loss": 0.41, "tta_flip": name == "transfer"}
     meta["split_manifest_sha256"] = "ab" * 32
     test = ev.TestPredictions(y_test, p_test, point["threshold"], np.zeros((len(y_test), 1, 1, 3), np.uint8))
     logged = {"seed": 42, "epochs": 5, "lr": 0.0001}
