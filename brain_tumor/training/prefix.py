@@ -76,6 +76,23 @@ def _fast_layout(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
+def _prefix_key(model: TransferNet, split: SplitImages, looks: Looks, run: str) -> str:
+    """The prefix cache's key: the split's pixels, the looks, the weights' sha256, image size, normalisation,
+    the head standardisation, how many blocks are frozen, `run` (the prefix's output shape, mirrors,
+    precision, the batch size: kernels may round differently for another one, device type), and the producing
+    code and library versions."""
+    code = code_fingerprint(
+        prefix_views, to_input, TransferNet, autocast, looks_code, domain, intensity, standardisation
+    )
+    key = hashlib.sha256(
+        f"{split.key} {WEIGHTS_SHA256} {split.images.shape} {MEAN} {STD} {model.standardisation} {model.n_frozen} "
+        f"{run} {signature()} {code}".encode()
+    )
+    if looks.count > 1:
+        key.update(looks.key().encode())
+    return key.hexdigest()[:24]
+
+
 PREFIX_BATCH = 8  # images per batch of the prefix pass: 1.2-1.4x the speed of 64 on a 2-core CPU (in cache)
 
 
@@ -93,26 +110,13 @@ def prefix_views(
     """The frozen prefix's output for every image of a split under each of its `looks` (looks.py; None: the
     image only), and for each look's mirror when `mirrors` is 2, cached on disk as
     float32: N x (looks x mirrors) x (the prefix's output shape); view look * mirrors + mirror.
-
-    Key: the split's pixels, the looks, the weights' sha256, image size, normalisation, the head
-    standardisation, how many blocks are frozen and the prefix's output shape, precision, device type, the
-    batch size (kernels may round differently for another one), and the producing code and library versions.
     """
     prefix = model.frozen_prefix().to(device)
     size = split.images.shape[1]
     shape = tuple(prefix(torch.zeros(1, 3, size, size, device=device)).shape[1:])
     looks = looks or Looks(0, len(split.labels))
     count = looks.count
-    code = code_fingerprint(
-        prefix_views, to_input, TransferNet, autocast, looks_code, domain, intensity, standardisation
-    )
-    key = hashlib.sha256(
-        f"{split.key} {WEIGHTS_SHA256} {split.images.shape} {MEAN} {STD} {model.standardisation} {model.n_frozen} "
-        f"{shape} {mirrors} {amp} "
-        f"{batch_size} {device.type} {signature()} {code}".encode()
-    )
-    if count > 1:
-        key.update(looks.key().encode())
+    key = _prefix_key(model, split, looks, f"{shape} {mirrors} {amp} {batch_size} {device.type}")
 
     def compute(rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), count * mirrors, *shape), np.float32)
@@ -140,5 +144,5 @@ def prefix_views(
                 return f"rows {rows.tolist()} differ from the frozen prefix's output (replaced?)"
         return None
 
-    entry = cache_dir() / f"prefix-{key.hexdigest()[:24]}"
+    entry = cache_dir() / f"prefix-{key}"
     return cached_array(entry, (len(split.labels), count * mirrors, *shape), np.float32, fill, verify)
