@@ -18,7 +18,6 @@ from torch import nn
 
 from brain_tumor.core.resize import MEAN, STD
 
-KINDS = ("none", "histogram")
 LEVELS = 256
 HEAD_LEVEL = 10  # grey levels 0-10 of 255 are background (the dark surround and its noise), not head
 
@@ -37,12 +36,13 @@ class HeadHistogram(nn.Module):
         grey = ((x * self.std + self.mean).mean(1) * 255).clamp(0, LEVELS - 1).round().long()  # N x H x W
         levels = grey.flatten(1)
         head = (levels > HEAD_LEVEL).float()
-        counts = head.new_zeros(head.shape[0], LEVELS).scatter_add(1, levels, head)  # shape[0]: a dynamic batch
+        # shape[0], not len(): the ONNX graph keeps a dynamic batch; sums of ones are exact in any order (CUDA)
+        counts = head.new_zeros(head.shape[0], LEVELS).scatter_add(1, levels, head)
         cdf = counts.cumsum(1) / counts.sum(1, keepdim=True).clamp(min=1)
         equalised = (cdf.gather(1, levels) * head).view_as(grey).unsqueeze(1)
         return ((equalised - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
 
 
 def standardiser(kind: str) -> nn.Module:
-    """The first layer of a model for a `head_standardisation` value."""
+    """The first layer of a model for a `head_standardisation` value (the params schema lists them)."""
     return HeadHistogram() if kind == "histogram" else nn.Identity()
