@@ -3,7 +3,8 @@
 The model's P(tumor) for each scan as it is, after a remapping of its grey levels inside the head (inversion,
 gamma 0.6 and 1.6, histogram equalisation), and averaged over several of them; for the internal test split and
 every set in `evaluate.external` (params.yaml): accuracy, sensitivity and specificity at 0.5, and ROC AUC.
-The head is `training.domain.head_mask`'s (the domain views' own); the air stays black.
+Inversion and gamma act inside `training.domain.head_mask` (the domain views' head); equalisation is the
+`head_standardisation: histogram` layer itself. The air stays black.
 
 Usage: python benchmarks/intensity_tta.py MODEL.pt   (in a project whose data/split and external sets exist)
 """
@@ -12,14 +13,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from brain_tumor.core.arrays import load_split
+from brain_tumor.core.arrays import load_split, to_input
 from brain_tumor.core.params import load_params
 from brain_tumor.evaluation.external import ExternalSet, read_external, resized
 from brain_tumor.evaluation.metrics import p_tumor, roc_auc
 from brain_tumor.evaluation.predictions import predict_logits
 from brain_tumor.training.checkpoint import load_trained
 from brain_tumor.training.domain import head_mask
+from brain_tumor.training.standardisation import HeadHistogram
 
 
 def remapped(curve):
@@ -36,11 +39,12 @@ def remapped(curve):
     return apply
 
 
-def equalised(grey: np.ndarray, head: np.ndarray) -> np.ndarray:
-    inside = np.sort(grey[head])
-    if inside.size < 10:
-        return grey
-    return np.where(head, 255 * np.searchsorted(inside, grey, side="right") / inside.size, 0)
+def equalised(images: np.ndarray) -> np.ndarray:
+    """The `head_standardisation: histogram` layer (training/standardisation.py) applied to uint8 scans."""
+    layer = HeadHistogram()
+    with torch.no_grad():
+        grey = (layer(to_input(images, torch.device("cpu"))) * layer.std + layer.mean)[:, 0] * 255
+    return np.repeat(grey.round().clamp(0, 255).to(torch.uint8).numpy()[..., None], images.shape[-1], axis=-1)
 
 
 TRANSFORMS = {
@@ -48,7 +52,7 @@ TRANSFORMS = {
     "invert": remapped(lambda g, head: np.where(head, 255 - g, 0)),
     "gamma 0.6": remapped(lambda g, head: 255 * (g / 255) ** 0.6),
     "gamma 1.6": remapped(lambda g, head: 255 * (g / 255) ** 1.6),
-    "equalise": remapped(equalised),
+    "equalise": equalised,
 }
 MEANS = {
     **{name: [name] for name in TRANSFORMS},
