@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from intensity_tta import external_sets, figures, measured_sets  # this folder's: run as a script
 
+from brain_tumor.core.errors import PipelineError
+from brain_tumor.core.stage import run_stage
 from brain_tumor.evaluation.metrics import p_tumor
 from brain_tumor.evaluation.predictions import predict_logits
 from brain_tumor.training.checkpoint import load_trained
@@ -20,7 +22,7 @@ from brain_tumor.training.checkpoint import load_trained
 
 def main(paths: list[str]) -> None:
     if len(paths) < 2:
-        raise SystemExit("error: name two or more model files")
+        raise PipelineError("name two or more model files")
     scores, labels, external = {}, {}, external_sets()  # read once, resized per model
     for path in paths:
         model, meta = load_trained(Path(path))
@@ -33,4 +35,4 @@ def main(paths: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_stage(lambda: main(sys.argv[1:]))  # a failure is one `error:` line

@@ -17,6 +17,7 @@ import torch
 
 from brain_tumor.core.arrays import load_split, to_input
 from brain_tumor.core.params import load_params
+from brain_tumor.core.stage import run_stage
 from brain_tumor.evaluation.external import ExternalSet, read_external, resized
 from brain_tumor.evaluation.metrics import p_tumor, roc_auc
 from brain_tumor.evaluation.predictions import predict_logits
@@ -96,4 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)  # a failure is one `error:` line

@@ -19,7 +19,9 @@ import numpy as np
 from intensity_tta import external_sets, figures, measured_sets  # this folder's: run as a script
 
 from brain_tumor.core.arrays import load_split
+from brain_tumor.core.errors import PipelineError
 from brain_tumor.core.outputs import file_sha256
+from brain_tumor.core.stage import run_stage
 from brain_tumor.evaluation.metrics import bootstrap_ci, p_tumor
 from brain_tumor.evaluation.predictions import predict_features, predict_logits
 from brain_tumor.serving.novelty import QUANTILE, Novelty, build_novelty, reference_rows
@@ -36,7 +38,8 @@ def gate_thresholds(model, path: Path, size: int) -> tuple[Novelty, dict[float, 
     val = predict_features(model, load_split(Path("data/split"), "val", size).images, BATCH)
     reference = predict_features(model, train.images[reference_rows(len(train.labels))], BATCH)
     novelty = build_novelty(reference, val, file_sha256(path))
-    return novelty, {q: float(np.quantile(novelty.scores(val), q)) for q in QUANTILES}
+    val_scores = novelty.scores(val)
+    return novelty, {q: novelty.threshold if q == QUANTILE else float(np.quantile(val_scores, q)) for q in QUANTILES}
 
 
 def intervals(y: np.ndarray, p: np.ndarray) -> str:
@@ -48,10 +51,10 @@ def intervals(y: np.ndarray, p: np.ndarray) -> str:
 
 def main(paths: list[str]) -> None:
     if len(paths) != 2:
-        raise SystemExit("error: name two model files: the one for scans like the collection, then the other")
+        raise PipelineError("name two model files: the one for scans like the collection, then the other")
+    models = [load_trained(Path(path)) for path in paths]  # both read before the long work
     external, scores, labels, novel = external_sets(), {}, {}, {}
-    for which, path in enumerate(paths):
-        model, meta = load_trained(Path(path))
+    for which, (path, (model, meta)) in enumerate(zip(paths, models, strict=True)):
         sets = measured_sets(meta["image_size"], external)
         if which == 0:
             novelty, thresholds = gate_thresholds(model, Path(path), meta["image_size"])
@@ -70,4 +73,4 @@ def main(paths: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_stage(lambda: main(sys.argv[1:]))  # a failure is one `error:` line
