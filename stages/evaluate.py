@@ -6,13 +6,16 @@ from pathlib import Path
 
 from brain_tumor.core.params import load_params
 from brain_tumor.core.stage import run_stage
-from brain_tumor.evaluation.evaluate import evaluate_models
 
 
 def main() -> None:
+    params = load_params()
+    # imported once the params are read: a bad params.yaml is one line before torch loads
+    from brain_tumor.evaluation.evaluate import evaluate_models
+
     models = {"scratch": Path("models/scratch.pt"), "transfer": Path("models/transfer.pt")}
     results = evaluate_models(
-        load_params(),
+        params,
         Path("data/split"),
         models,
         Path("metrics"),

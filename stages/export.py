@@ -4,11 +4,13 @@ from pathlib import Path
 
 from brain_tumor.core.params import load_params
 from brain_tumor.core.stage import run_stage
-from brain_tumor.serving.export import export_models
 
 
 def main() -> None:
     load_params()  # export reads no param, but refuses a params.yaml that no other stage would accept
+    # imported once the params are read: a bad params.yaml is one line before torch loads
+    from brain_tumor.serving.export import export_models
+
     models = {"scratch": Path("models/scratch.pt"), "transfer": Path("models/transfer.pt")}
     for name, result in export_models(models).items():
         print(

@@ -4,11 +4,14 @@ from pathlib import Path
 
 from brain_tumor.core.params import load_params
 from brain_tumor.core.stage import run_stage
-from brain_tumor.data.ingest import build_dataset
 
 
 def main() -> None:
-    report = build_dataset(load_params(), Path("data/raw"), Path("data/dataset"), Path("metrics/ingest.json"))
+    params = load_params()
+    # imported once the params are read: a bad params.yaml is one line before torch loads
+    from brain_tumor.data.ingest import build_dataset
+
+    report = build_dataset(params, Path("data/raw"), Path("data/dataset"), Path("metrics/ingest.json"))
     print(
         f"ingest: {report['files_seen']} files seen, {report['accepted']} accepted, "
         f"{report['duplicates']} exact duplicates, {report['rejected']} rejected, "

@@ -6,12 +6,15 @@ from pathlib import Path
 from brain_tumor.core.labels import CLASSES, SPLITS
 from brain_tumor.core.params import load_params
 from brain_tumor.core.stage import run_stage
-from brain_tumor.data.split import split_dataset
 
 
 def main() -> None:
+    params = load_params()
+    # imported once the params are read: a bad params.yaml is one line before torch loads
+    from brain_tumor.data.split import split_dataset
+
     report = split_dataset(
-        load_params(), Path("data/dataset"), Path("data/split"), Path("metrics/split.json"), Path("reports/data")
+        params, Path("data/dataset"), Path("data/split"), Path("metrics/split.json"), Path("reports/data")
     )
     print("split: " + ", ".join(f"{s} {sum(report[s][c] for c in CLASSES)}" for s in SPLITS))
 

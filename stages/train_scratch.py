@@ -4,11 +4,14 @@ from pathlib import Path
 
 from brain_tumor.core.params import load_params
 from brain_tumor.core.stage import run_stage
-from brain_tumor.training.train import train_model
 
 
 def main() -> None:
-    train_model("scratch", load_params(), Path("data/split"), Path("models/scratch.pt"), Path("metrics/train_scratch"))
+    params = load_params()
+    # imported once the params are read: a bad params.yaml is one line before torch loads
+    from brain_tumor.training.train import train_model
+
+    train_model("scratch", params, Path("data/split"), Path("models/scratch.pt"), Path("metrics/train_scratch"))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import PROJECT, Workspace, venv_env
+from conftest import PROJECT, Workspace, built_once, make_tiny_params, venv_env
 from torch import nn
 
 from brain_tumor.core.arrays import load_split
@@ -19,15 +20,20 @@ from brain_tumor.training.looks import Looks
 from brain_tumor.training.models import GlobalDropout, seed_dropout, sync_batchnorm
 
 
-@pytest.fixture
-def split_dir(tmp_path, tiny_params, monkeypatch):
+def build_tiny_split(base: Path) -> None:
     """A real (tiny, synthetic) split made by the ingest and split stages' code."""
+    params = typed(make_tiny_params())
+    ingest.build_dataset(params, base / "raw", base / "dataset", base / "ingest.json")
+    split.split_dataset(params, base / "dataset", base / "split", base / "split.json", base / "people")
+
+
+@pytest.fixture
+def split_dir(tmp_path_factory, tmp_path, monkeypatch):
+    """This test's copy of the tiny split (made once per session), and its own empty cache."""
+    monkeypatch.setenv("BRAIN_TUMOR_CACHE", str(tmp_path / "split-cache"))  # the builder's, if this test builds
+    built = built_once(tmp_path_factory, "tiny-split", build_tiny_split) / "split"
     monkeypatch.setenv("BRAIN_TUMOR_CACHE", str(tmp_path / "cache"))
-    ingest.build_dataset(typed(tiny_params), tmp_path / "raw", tmp_path / "dataset", tmp_path / "ingest.json")
-    split.split_dataset(
-        typed(tiny_params), tmp_path / "dataset", tmp_path / "split", tmp_path / "split.json", tmp_path / "people"
-    )
-    return tmp_path / "split"
+    return Path(shutil.copytree(built, tmp_path / "split"))
 
 
 @pytest.mark.slow
