@@ -222,7 +222,7 @@ def started_decoding(ws: Workspace, proc: subprocess.Popen, images: int = 20) ->
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_interrupted_ingest_leaves_nothing_and_reruns_byte_identical(ws, sig):
-    ws.params["data"]["synthetic"].update(n_images=400, image_size=96)
+    ws.params["data"]["synthetic"].update(n_images=120, image_size=96)  # paused at 20: mid-run
     ws.write_params()
     assert ws.run("ingest").returncode == 0
     reference = snapshot(ws.root)

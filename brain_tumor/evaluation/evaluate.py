@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_curve
 
 from brain_tumor.core.arrays import load_split
 from brain_tumor.core.contracts import read_split_manifest
@@ -377,6 +376,8 @@ def write_model_tables(name: str, outcome: TestPredictions, ids: list[str], out_
         ),
     )
     if len(np.unique(outcome.labels)) == 2:
+        from sklearn.metrics import roc_curve  # here: a stage that refuses its inputs never loads sklearn
+
         fpr, tpr, thresholds = roc_curve(outcome.labels, outcome.p_tumor)
         roc = pd.DataFrame({"fpr": fpr.round(6), "tpr": tpr.round(6), "threshold": np.minimum(thresholds, 1).round(6)})
         write_table(out_dir / "roc" / f"{name}.csv", roc)
