@@ -86,8 +86,9 @@ def tiny_params_module() -> dict:
 def venv_env() -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env.pop("DVC_NO_ANALYTICS", None)
     env["DVC_NO_ANALYTICS"] = "1"
+    # as in a user's shell: an in-process CLI test points this worker's torch cache elsewhere (core/stage.py)
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
     return env
 
 
