@@ -135,6 +135,8 @@ def test_resampled_auc_equals_sklearn_on_each_resample():
     assert np.isnan(auc[0])
     for row, value in zip(idx[1:], auc[1:]):
         assert abs(value - roc_auc_score(y[row], score[row])) < 1e-9
+    assert abs(roc_auc(y, score) - roc_auc_score(y, score)) < 1e-9  # the point estimate: the same statistic
+    assert np.isnan(roc_auc(np.ones(5, dtype=int), score[:5]))
 
 
 def test_bootstrap_is_deterministic_and_every_interval_holds_its_estimate():
