@@ -8,7 +8,7 @@ from brain_tumor.core.stage import run_stage
 
 def main() -> None:
     params = load_params()
-    # imported once the params are read: a bad params.yaml is one line before torch loads
+    # imported once the params are read, as in every stage: a bad params.yaml is one line before any work
     from brain_tumor.data.ingest import build_dataset
 
     report = build_dataset(params, Path("data/raw"), Path("data/dataset"), Path("metrics/ingest.json"))

@@ -10,7 +10,7 @@ from brain_tumor.core.stage import run_stage
 
 def main() -> None:
     params = load_params()
-    # imported once the params are read: a bad params.yaml is one line before torch loads
+    # imported once the params are read, as in every stage: a bad params.yaml is one line before any work
     from brain_tumor.data.split import split_dataset
 
     report = split_dataset(

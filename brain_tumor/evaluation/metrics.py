@@ -42,6 +42,8 @@ def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
     """ROC AUC, nan (not an exception) when the labels hold one class only: the bootstrap's statistic on the
     sample itself (no sklearn here: predict and export read this module and start 1.5 s sooner without it)."""
     y, score = np.asarray(y), np.asarray(score)
+    if len(np.unique(y)) < 2:  # none or one class (an empty set too)
+        return float("nan")
     return float(resampled_roc_auc(y, score, np.arange(len(y))[None])[0])
 
 
